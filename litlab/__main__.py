@@ -1,0 +1,5 @@
+"""``python -m litlab`` runs the ``litlab`` command."""
+
+from litlab.cli import main
+
+main()

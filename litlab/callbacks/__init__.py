@@ -1,0 +1,5 @@
+"""Lightning callbacks of litlab."""
+
+from litlab.callbacks.expert_usage import ExpertUsage
+
+__all__ = ["ExpertUsage"]

@@ -1,0 +1,95 @@
+"""The ``litlab`` command: LightningCLI (``fit``, ``validate``, ``test``, ``predict``) plus litlab's own commands.
+
+- ``litlab fit --config configs/moe/vit_tiny_moe.yaml [--model.init_args.num_experts=16 ...]``
+- ``litlab validate|test|predict --config ... --ckpt_path ...``
+- ``litlab write_shards --src <ImageFolder> --dst <dir>``: write webdataset shards (ImageNet layout)
+- ``litlab demo``: the end-to-end demonstration of ``make demo``
+
+Model and data are given in subclass mode (``class_path`` + ``init_args``), YAML files may use ``${...}``
+interpolation (omegaconf parser mode). Errors caused by user input (:class:`litlab.errors.LitlabError`) are
+printed as one line naming the argument, file or record, not as a traceback.
+"""
+
+from __future__ import annotations
+
+import sys
+from typing import Any
+
+from lightning.pytorch import LightningDataModule, LightningModule, Trainer
+from lightning.pytorch.cli import LightningArgumentParser, LightningCLI
+
+from litlab.errors import LitlabError
+
+# Commands that need no model or trainer: name -> "module:function".
+TOOLS = {
+    "write_shards": "litlab.datamodules.shard_writer:write_image_shards",
+    "demo": "litlab.demo:run_demo",
+}
+
+
+class LitlabTrainer(Trainer):
+    """Lightning's Trainer; litlab's model-level subcommands are added here as methods."""
+
+
+class LitlabCLI(LightningCLI):
+    """LightningCLI in omegaconf parser mode, with model and data in subclass mode.
+
+    The image size, channel count and class count of image datamodules are linked into the model, so that a
+    config states them once (under ``data``).
+    """
+
+    def __init__(self, args: Any = None, run: bool = True, **kwargs: Any) -> None:
+        kwargs.setdefault("parser_kwargs", {"parser_mode": "omegaconf"})
+        kwargs.setdefault("save_config_kwargs", {"overwrite": True})
+        super().__init__(
+            model_class=LightningModule,
+            datamodule_class=LightningDataModule,
+            trainer_class=LitlabTrainer,
+            subclass_mode_model=True,
+            subclass_mode_data=True,
+            auto_configure_optimizers=False,
+            args=args,
+            run=run,
+            **kwargs,
+        )
+
+    def add_arguments_to_parser(self, parser: LightningArgumentParser) -> None:
+        for name in ("num_classes", "img_size", "in_chans"):
+            parser.link_arguments(f"data.{name}", f"model.init_args.{name}", apply_on="instantiate")
+
+
+def _run_tool(name: str, argv: list[str]) -> Any:
+    """Run a model-free command with a jsonargparse parser built from its signature and docstring."""
+    from importlib import import_module
+
+    from jsonargparse import CLI
+
+    module, func = TOOLS[name].split(":")
+    return CLI(getattr(import_module(module), func), args=argv, prog=f"litlab {name}")
+
+
+def main(argv: list[str] | None = None) -> None:
+    """Entry point of the ``litlab`` console script and ``python -m litlab``."""
+    argv = list(sys.argv[1:] if argv is None else argv)
+    try:
+        if argv and argv[0] in TOOLS:
+            _run_tool(argv[0], argv[1:])
+        else:
+            LitlabCLI(args=argv)
+    except Exception as err:
+        user_error = _user_error(err)
+        if user_error is None:
+            raise
+        print(f"litlab: error: {user_error}", file=sys.stderr)
+        raise SystemExit(2) from None
+
+
+def _user_error(err: BaseException | None) -> LitlabError | None:
+    """The :class:`LitlabError` that caused ``err`` (jsonargparse wraps constructor errors), if any."""
+    seen = set()
+    while err is not None and id(err) not in seen:
+        if isinstance(err, LitlabError):
+            return err
+        seen.add(id(err))
+        err = err.__cause__ or err.__context__
+    return None

@@ -1,0 +1,315 @@
+"""MoE surgery on timm image classifiers: replace the MLP of chosen blocks by a Mixture of Experts.
+
+``create_model`` builds a timm model by name (never with pretrained weights) and swaps the MLP of the
+blocks chosen by a placement rule (see :mod:`litlab.models.placement`) for :class:`MoEMlp`, a thin
+adapter around :class:`litlab.models.moe.MoE` that handles the tensor layout the block feeds its MLP:
+
+- ViT: ``model.blocks[i].mlp`` sees ``[B, N, C]`` (class token included) -> the MoE routes every token.
+- ConvNeXt: ``model.stages[s].blocks[j].mlp`` sees NHWC ``[B, H, W, C]`` (timm ``Mlp`` of ``nn.Linear``),
+  or NCHW ``[B, C, H, W]`` with ``conv_mlp=True`` (``Mlp(use_conv=True)`` / ``ConvMlp`` of 1x1 convs);
+  the adapter permutes NCHW -> NHWC -> MoE -> NCHW, so every pixel is a token.
+
+The architecture is detected from the module structure (``.blocks[*].mlp`` or
+``.stages[*].blocks[*].mlp``), not from the name, so any timm model with that structure and a plain
+two-layer MLP works.
+"""
+
+from __future__ import annotations
+
+import inspect
+import warnings
+from collections.abc import Mapping
+from typing import Any
+
+import timm
+import torch
+from timm.layers import ConvMlp, Mlp
+from torch import nn
+
+from litlab.errors import ConfigError
+from litlab.models.moe import MoE
+from litlab.models.placement import PLACEMENT_SCOPES, BlockRef, block_names, resolve_placement
+
+__all__ = ["MoEMlp", "create_model", "find_blocks"]
+
+# Arguments of MoE that create_model fills in itself from the dense MLP being replaced.
+_DERIVED = ("dim", "hidden_dim")
+_GELU_TYPES = (nn.GELU, timm.layers.activations.GELU)
+
+
+class MoEMlp(nn.Module):
+    """A Mixture-of-Experts MLP that takes the place of a timm block's MLP.
+
+    Args:
+        moe: The MoE layer (maps ``[..., C] -> [..., C]``).
+        channels_last: ``True`` when the block feeds ``[..., C]`` (ViT, ConvNeXt NHWC); ``False`` for NCHW
+            ``[B, C, H, W]`` input (ConvNeXt ``conv_mlp=True``), which is permuted to NHWC for the MoE and back.
+        drop: Dropout probability on the output, the dense MLP's output dropout (``drop2`` of timm ``Mlp``).
+
+    After a forward, ``self.moe.expert_index`` has shape ``[*leading, top_k]`` with the leading dims in the
+    MoE's layout: ``[B, N]`` for ViT, ``[B, H, W]`` for ConvNeXt (both layouts).
+    """
+
+    def __init__(self, moe: MoE, *, channels_last: bool = True, drop: float = 0.0) -> None:
+        super().__init__()
+        self.moe = moe
+        self.channels_last = channels_last
+        self.drop = nn.Dropout(drop)
+
+    @classmethod
+    def from_dense(cls, mlp: nn.Module, moe_kwargs: Mapping[str, Any], *, upcycle: bool = False, name: str = "mlp") -> MoEMlp:
+        """Build the MoE replacement of a timm MLP, taking ``dim`` and ``hidden_dim`` from it.
+
+        Args:
+            mlp: A timm ``Mlp`` (``nn.Linear`` or 1x1 ``nn.Conv2d`` layers) or ``ConvMlp``.
+            moe_kwargs: Keyword arguments of :class:`MoE` except ``dim`` and ``hidden_dim``. ``bias`` defaults
+                to whether the dense MLP has biases.
+            upcycle: Copy the dense MLP's weights into every expert (``MoE.load_dense``); skipped on ``meta``.
+            name: Module name of ``mlp``, used in error messages.
+
+        Returns:
+            The adapter, on the dense MLP's device and dtype.
+
+        Raises:
+            ConfigError: the MLP is not a supported two-layer MLP (gated, GRN, hidden norm, hidden dropout).
+        """
+        spec = _dense_spec(mlp, name)
+        kwargs = dict(moe_kwargs)
+        kwargs.setdefault("bias", spec["bias"])
+        moe = MoE(spec["dim"], spec["hidden_dim"], **kwargs)
+        weight = spec["fc1_weight"]
+        moe = moe.to(device=weight.device, dtype=weight.dtype)
+        if upcycle:
+            activation = kwargs.get("activation", "gelu")
+            if activation != "gelu":
+                raise ConfigError(
+                    f"upcycle=True is not allowed with moe activation={activation!r}: a dense timm MLP can only "
+                    "be copied into GELU experts (activation='gelu')"
+                )
+            if not isinstance(spec["act"], _GELU_TYPES) or getattr(spec["act"], "approximate", "none") != "none":
+                warnings.warn(
+                    f"{name}: upcycling a dense MLP with activation {spec['act']!r} into GELU experts; the MoE "
+                    "computes a slightly different function than the dense MLP",
+                    stacklevel=3,
+                )
+            if weight.device.type != "meta":
+                with torch.no_grad():
+                    moe.load_dense(spec["fc1_weight"], spec["fc1_bias"], spec["fc2_weight"], spec["fc2_bias"])
+        return cls(moe, channels_last=spec["channels_last"], drop=spec["drop"])
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if self.channels_last:
+            return self.drop(self.moe(x))
+        if x.dim() != 4:
+            raise ValueError(f"MoEMlp(channels_last=False) expects NCHW input, got shape {tuple(x.shape)}")
+        y = self.moe(x.permute(0, 2, 3, 1))
+        return self.drop(y).permute(0, 3, 1, 2)
+
+    def extra_repr(self) -> str:
+        return f"channels_last={self.channels_last}"
+
+
+def _linear_weight(layer: nn.Module, name: str) -> tuple[torch.Tensor, torch.Tensor | None, int, int]:
+    """(weight [out, in], bias, in, out) of an nn.Linear or a plain 1x1 nn.Conv2d."""
+    if isinstance(layer, nn.Linear):
+        return layer.weight, layer.bias, layer.in_features, layer.out_features
+    if (
+        isinstance(layer, nn.Conv2d)
+        and layer.kernel_size == (1, 1)
+        and layer.stride == (1, 1)
+        and layer.groups == 1
+        and layer.dilation == (1, 1)
+        and all(p == 0 for p in layer.padding)
+    ):
+        weight = layer.weight.reshape(layer.out_channels, layer.in_channels)
+        return weight, layer.bias, layer.in_channels, layer.out_channels
+    raise ConfigError(f"{name} is {layer!r}: MoE replaces MLPs made of nn.Linear or 1x1 nn.Conv2d layers only")
+
+
+def _dense_spec(mlp: nn.Module, name: str) -> dict[str, Any]:
+    """What the MoE needs from a dense timm MLP; ConfigError when it cannot be replaced faithfully."""
+    if type(mlp) not in (Mlp, ConvMlp):
+        raise ConfigError(
+            f"{name} is a {type(mlp).__module__}.{type(mlp).__qualname__}: MoE can replace timm Mlp and ConvMlp "
+            "(fc1 -> activation -> fc2) only; gated (GluMlp, SwiGLU) and GlobalResponseNormMlp (ConvNeXt-V2, "
+            "use_grn=True) MLPs are not supported"
+        )
+    w1, b1, dim, hidden = _linear_weight(mlp.fc1, f"{name}.fc1")
+    w2, b2, hidden2, out = _linear_weight(mlp.fc2, f"{name}.fc2")
+    if hidden2 != hidden or out != dim:
+        raise ConfigError(f"{name} maps {dim} -> {hidden} -> {out} channels: MoE needs fc2 to map back to {dim}")
+    if (b1 is None) != (b2 is None):
+        raise ConfigError(f"{name} has a bias on only one of fc1/fc2: MoE experts have both biases or none")
+    if not isinstance(mlp.norm, nn.Identity):
+        raise ConfigError(
+            f"{name} has a norm layer {mlp.norm!r} on its hidden features: MoE experts have none; build the "
+            "model without it (e.g. scale_mlp_norm=False)"
+        )
+    hidden_drop = mlp.drop1.p if isinstance(mlp, Mlp) else mlp.drop.p
+    if hidden_drop > 0:
+        raise ConfigError(
+            f"{name} has hidden dropout p={hidden_drop}: MoE experts have no dropout inside; set the timm "
+            "dropout that feeds the MLP (proj_drop_rate for ViT) to 0"
+        )
+    return {
+        "dim": dim,
+        "hidden_dim": hidden,
+        "bias": b1 is not None,
+        "fc1_weight": w1,
+        "fc1_bias": b1,
+        "fc2_weight": w2,
+        "fc2_bias": b2,
+        "act": mlp.act,
+        "drop": mlp.drop2.p if isinstance(mlp, Mlp) else 0.0,
+        "channels_last": isinstance(mlp.fc1, nn.Linear),
+    }
+
+
+def find_blocks(model: nn.Module) -> tuple[list[int], bool]:
+    """Detect a supported block structure.
+
+    Args:
+        model: A timm model.
+
+    Returns:
+        ``(depths, hierarchical)``: ``([L], False)`` for ``model.blocks[i].mlp`` (ViT);
+        ``([d0, d1, ...], True)`` for ``model.stages[s].blocks[j].mlp`` (ConvNeXt).
+
+    Raises:
+        ConfigError: the model has neither structure.
+    """
+    stages = getattr(model, "stages", None)
+    if isinstance(stages, nn.Module) and len(list(stages.children())) > 0:
+        stage_list = list(stages.children())
+        if all(_is_block_list(getattr(s, "blocks", None), allow_empty=True) for s in stage_list):
+            depths = [len(s.blocks) for s in stage_list]
+            if sum(depths) > 0:
+                return depths, True
+    blocks = getattr(model, "blocks", None)
+    if _is_block_list(blocks, allow_empty=False):
+        return [len(blocks)], False
+    raise ConfigError(
+        f"model {type(model).__name__} is not supported for MoE surgery: expected blocks with an MLP at "
+        "model.blocks[i].mlp (ViT-like) or model.stages[s].blocks[j].mlp (ConvNeXt-like)"
+    )
+
+
+def _is_block_list(blocks: object, allow_empty: bool) -> bool:
+    if not isinstance(blocks, (nn.Sequential, nn.ModuleList)):
+        return False
+    children = list(blocks.children())
+    if not children:
+        return allow_empty
+    return all(isinstance(getattr(b, "mlp", None), nn.Module) for b in children)
+
+
+def _block(model: nn.Module, ref: BlockRef, hierarchical: bool) -> nn.Module:
+    return model.stages[ref.stage].blocks[ref.block] if hierarchical else model.blocks[ref.index]
+
+
+def _check_moe_kwargs(moe: Mapping[str, Any]) -> dict[str, Any]:
+    if not isinstance(moe, Mapping):
+        raise ConfigError(f"moe={moe!r} is not allowed: expected a dict of MoE arguments or None")
+    kwargs = dict(moe)
+    derived = [k for k in _DERIVED if k in kwargs]
+    if derived:
+        raise ConfigError(f"moe={kwargs!r} is not allowed: {derived} are taken from the MLP being replaced")
+    allowed = [p for p in inspect.signature(MoE.__init__).parameters if p not in ("self", *_DERIVED)]
+    unknown = [k for k in kwargs if k not in allowed]
+    if unknown:
+        raise ConfigError(f"moe={kwargs!r} is not allowed: unknown MoE arguments {unknown}; allowed: {allowed}")
+    return kwargs
+
+
+def _timm_model(model_name: str, **kwargs: Any) -> nn.Module:
+    arch, _ = timm.models.split_model_name_tag(model_name)
+    if not timm.is_model(arch):
+        raise ConfigError(f"model_name={model_name!r} is not allowed: timm has no such model (see timm.list_models())")
+    if kwargs.get("img_size") is None:
+        kwargs.pop("img_size", None)
+        return timm.create_model(model_name, pretrained=False, **kwargs)
+    rng = torch.get_rng_state()
+    try:
+        return timm.create_model(model_name, pretrained=False, **kwargs)
+    except TypeError as err:
+        if "img_size" not in str(err):
+            raise
+    # Convolutional models (ConvNeXt) take any input size and have no img_size argument.
+    torch.set_rng_state(rng)
+    kwargs.pop("img_size")
+    return timm.create_model(model_name, pretrained=False, **kwargs)
+
+
+def create_model(
+    model_name: str,
+    *,
+    num_classes: int,
+    img_size: int | None = None,
+    in_chans: int = 3,
+    moe: dict[str, Any] | None = None,
+    placement: str | list[int] = "last-2",
+    placement_scope: str = "global",
+    upcycle: bool = False,
+    **timm_kwargs: Any,
+) -> nn.Module:
+    """Build a timm classifier (random init, never pretrained) with MoE MLPs in chosen blocks.
+
+    Args:
+        model_name: A timm model name, e.g. ``"vit_small_patch16_224"``, ``"convnext_tiny"``, ``"test_vit"``.
+        num_classes: Number of classes of the head.
+        img_size: Input resolution, passed to models that take it (ViT); ignored by convolutional models.
+        in_chans: Number of input channels.
+        moe: Keyword arguments of :class:`litlab.models.moe.MoE` (``num_experts``, ``top_k``, ``router``, ...)
+            except ``dim``/``hidden_dim``, which come from the MLP being replaced (``hidden_dim`` = fc1 output
+            width). If it has a ``seed``, layer ``i`` (global block index) uses ``seed + i`` so layers differ.
+            ``None`` or ``num_experts=0`` gives the dense model.
+        placement: Which blocks get MoE: ``"every-n"``, ``"last-n"``, ``"all"``, ``"none"``, or block indices
+            (see :mod:`litlab.models.placement`).
+        placement_scope: ``"global"`` (indices over all blocks) or ``"per-stage"`` (rule in every stage of a
+            hierarchical model).
+        upcycle: Initialise every expert of each MoE as a copy of the (randomly initialised, or later loaded)
+            dense MLP it replaces. Skipped for models on the ``meta`` device.
+        **timm_kwargs: Passed to ``timm.create_model`` (``drop_path_rate``, ``conv_mlp``, ``act_layer``, ...).
+
+    Returns:
+        The model. ``model.moe_blocks`` lists the module names of the replaced MLPs (e.g.
+        ``["blocks.9.mlp", "blocks.11.mlp"]``, ``["stages.3.blocks.0.mlp", ...]``; empty when dense) and
+        ``model.moe_config`` records the arguments of the surgery. Without MoE the module tree is exactly
+        timm's.
+
+    Raises:
+        ConfigError: unknown model, unsupported block structure or MLP, bad placement or MoE arguments.
+    """
+    if "pretrained" in timm_kwargs:
+        raise ConfigError("pretrained is not allowed: litlab never downloads weights; load a checkpoint instead")
+    if placement_scope not in PLACEMENT_SCOPES:
+        raise ConfigError(
+            f"placement_scope={placement_scope!r} is not allowed: expected one of {list(PLACEMENT_SCOPES)}"
+        )
+    moe_kwargs = None if moe is None else _check_moe_kwargs(moe)
+    model = _timm_model(model_name, num_classes=num_classes, img_size=img_size, in_chans=in_chans, **timm_kwargs)
+    dense = moe_kwargs is None or moe_kwargs.get("num_experts", 1) == 0
+    if dense or (isinstance(placement, str) and placement.strip().lower() in ("none", "dense")):
+        model.moe_blocks = []
+        model.moe_config = None
+        return model
+
+    depths, hierarchical = find_blocks(model)
+    refs = resolve_placement(placement, depths, placement_scope)
+    names = block_names(refs, hierarchical, suffix=".mlp")
+    seed = moe_kwargs.get("seed")
+    for ref, name in zip(refs, names):
+        block = _block(model, ref, hierarchical)
+        kwargs = dict(moe_kwargs)
+        if seed is not None:
+            kwargs["seed"] = seed + ref.index
+        block.mlp = MoEMlp.from_dense(block.mlp, kwargs, upcycle=upcycle, name=name)
+    model.moe_blocks = names
+    model.moe_config = {
+        "moe": dict(moe_kwargs),
+        "placement": placement if isinstance(placement, str) else list(placement),
+        "placement_scope": placement_scope,
+        "block_indices": [r.index for r in refs],
+        "upcycle": upcycle,
+    }
+    return model

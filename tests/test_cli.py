@@ -1,0 +1,77 @@
+"""The ``litlab`` command: subcommands, overrides, printed configs, short errors, DDP on 2 CPU processes."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import yaml
+
+from litlab.cli import LitlabCLI, main
+
+ROOT = Path(__file__).resolve().parent.parent
+VIT_MOE = str(ROOT / "configs" / "moe" / "vit_tiny_moe.yaml")
+
+
+def litlab(*args: str, cwd: Path, timeout: int = 300) -> subprocess.CompletedProcess:
+    env = {**os.environ, "PYTHONWARNINGS": "ignore"}
+    return subprocess.run([sys.executable, "-m", "litlab", *args], cwd=cwd, env=env, capture_output=True,
+                          text=True, timeout=timeout)
+
+
+def test_print_config_shows_overrides_and_linked_values(capsys):
+    with pytest.raises(SystemExit) as exit_info:
+        main(["fit", "--config", VIT_MOE, "--model.init_args.num_experts=16", "--print_config"])
+    assert exit_info.value.code in (0, None)
+    config = yaml.safe_load(capsys.readouterr().out)
+    assert config["model"]["init_args"]["num_experts"] == 16
+    assert config["model"]["class_path"] == "litlab.lightning_modules.MoEImageClassifier"
+
+
+def test_linked_arguments_reach_the_model(tmp_path):
+    cli = LitlabCLI(args=["--config", VIT_MOE, "--data.init_args.dataset=digits",
+                          f"--trainer.default_root_dir={tmp_path}"], run=False)
+    hp = cli.model.hparams
+    assert (hp.num_classes, hp.img_size, hp.in_chans) == (10, 8, 1)
+    assert cli.model.moe_blocks and all(b.startswith("blocks.") for b in cli.model.moe_blocks)
+
+
+@pytest.mark.parametrize(
+    "override, needle",
+    [("--model.init_args.top_k=9", "top_k"),
+     ("--model.init_args.placement=middle-2", "placement"),
+     ("--data.init_args.val_fraction=1.5", "val_fraction")],
+)
+def test_bad_values_give_one_line_errors(tmp_path, override, needle):
+    result = litlab("fit", "--config", VIT_MOE, override, f"--trainer.default_root_dir={tmp_path}", cwd=tmp_path)
+    assert result.returncode == 2
+    assert "Traceback" not in result.stderr
+    assert needle in result.stderr
+
+
+def test_unknown_key_is_named(tmp_path):
+    result = litlab("fit", "--config", VIT_MOE, "--model.init_args.num_expertz=4", cwd=tmp_path)
+    assert result.returncode != 0
+    assert "Traceback" not in result.stderr
+    assert "num_expertz" in result.stderr
+
+
+@pytest.mark.slow
+def test_fit_with_ddp_on_two_cpu_processes_then_test_from_checkpoint(tmp_path):
+    fit = litlab(
+        "fit", "--config", VIT_MOE, "--trainer.strategy=ddp", "--trainer.devices=2", "--trainer.max_epochs=1",
+        "--trainer.limit_train_batches=4", "--trainer.limit_val_batches=2", "--data.init_args.dataset=digits",
+        f"--trainer.default_root_dir={tmp_path}", "--trainer.enable_progress_bar=false", cwd=tmp_path, timeout=400,
+    )
+    assert fit.returncode == 0, fit.stderr[-3000:]
+    ckpts = sorted(tmp_path.rglob("last.ckpt"))
+    assert ckpts, "no checkpoint written"
+    png = list(tmp_path.rglob("latest_layers.png"))
+    assert len(png) == 1  # written by rank zero only
+    test = litlab("test", "--config", VIT_MOE, "--data.init_args.dataset=digits", f"--ckpt_path={ckpts[0]}",
+                  "--trainer.limit_test_batches=2", f"--trainer.default_root_dir={tmp_path}", cwd=tmp_path)
+    assert test.returncode == 0, test.stderr[-3000:]
+    assert "test/top1" in test.stdout
