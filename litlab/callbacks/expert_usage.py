@@ -48,7 +48,8 @@ class ExpertUsage(Callback):
     ) -> None:
         labels = batch[1]
         num_classes = int(pl_module.hparams.get("num_classes", int(labels.max()) + 1))
-        for name, moe in moe_layers(pl_module).items():
+        layers = pl_module.moe_layers() if hasattr(pl_module, "moe_layers") else moe_layers(pl_module)
+        for name, moe in layers.items():
             index = moe.expert_index.reshape(labels.shape[0], -1)  # [B, tokens * k], -1 = dropped
             kept = index >= 0
             per_sample = torch.zeros(labels.shape[0], moe.num_experts, device=index.device)
@@ -76,8 +77,9 @@ class ExpertUsage(Callback):
                 metrics[f"expert_usage/{n.replace('.', '_')}/max_load"] = float(layer_share[i].max() * counts.numel())
             if trainer.is_global_zero:
                 trainer.logger.log_metrics(metrics, step=trainer.global_step)
+        log_dir = trainer.log_dir  # a collective under DDP: every rank must ask for it
         if self.plot and trainer.is_global_zero:
-            out = Path(trainer.log_dir or trainer.default_root_dir) / self.dirname
+            out = Path(log_dir or trainer.default_root_dir) / self.dirname
             self.paths = write_usage_plots(out, trainer.current_epoch, names, layer_share, classes)
 
     def state_dict(self) -> dict[str, Any]:

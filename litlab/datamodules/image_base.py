@@ -21,10 +21,11 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
 import lightning.pytorch as L
+import numpy as np
 import torch
 from lightning.pytorch.utilities import rank_zero_warn
 from PIL import Image
-from torch.utils.data import DataLoader, Dataset
+from torch.utils.data import DataLoader, Dataset, RandomSampler
 
 from litlab.errors import ConfigError, DataError
 
@@ -62,29 +63,39 @@ class ImageDataModuleBase(L.LightningDataModule):
         super().__init__()
         self.batch_size = check_int("batch_size", batch_size, 1)
         self.num_workers = check_int("num_workers", num_workers, 0)
-        if isinstance(seed, bool) or not isinstance(seed, int):
-            raise ConfigError(f"seed={seed!r} is not allowed: it must be an integer")
-        self.seed = seed
+        self.seed = check_int("seed", seed, 0)
         self.train_dataset: Dataset | None = None
         self.val_dataset: Dataset | None = None
         self.test_dataset: Dataset | None = None
 
+    def save_resolved_hparams(self, *names: str) -> None:
+        """Replace the hparams ``names`` (saved as given, e.g. ``None``) by the attributes' resolved values.
+
+        The CLI links ``num_classes``/``img_size``/``in_chans`` into the model, so both hparams hold them;
+        Lightning refuses to log a model and a datamodule whose shared hparams differ. (Under LightningCLI,
+        ``save_hyperparameters`` records the config as given, whatever the constructor does.)
+        """
+        self.save_hyperparameters({name: getattr(self, name) for name in names})
+
     # -- loaders -----------------------------------------------------------------------------------
+    def current_epoch(self) -> int | None:
+        """The Trainer's epoch when a Trainer drives this datamodule (None otherwise)."""
+        return self.trainer.current_epoch if self.trainer is not None else None
+
     def _map_loader(self, dataset: Dataset | None, split: str, shuffle: bool) -> DataLoader:
         """A DataLoader over a map-style dataset; under DDP Lightning adds a DistributedSampler."""
         if dataset is None:
             raise RuntimeError(f"{type(self).__name__}: call setup() before {split}_dataloader()")
-        generator = torch.Generator().manual_seed(self.seed) if shuffle else None
-        return DataLoader(
-            dataset,
-            batch_size=self.batch_size,
-            shuffle=shuffle,
-            num_workers=self.num_workers,
-            persistent_workers=self.num_workers > 0,
-            pin_memory=torch.cuda.is_available(),
-            generator=generator,
-            drop_last=False,
-        )
+        kwargs = {
+            "batch_size": self.batch_size,
+            "num_workers": self.num_workers,
+            "persistent_workers": self.num_workers > 0,
+            "pin_memory": torch.cuda.is_available(),
+            "drop_last": False,
+        }
+        if shuffle:
+            return EpochSeededDataLoader(dataset, seed=self.seed, **kwargs)
+        return DataLoader(dataset, shuffle=False, **kwargs)
 
     def train_dataloader(self) -> DataLoader:
         return self._map_loader(self.train_dataset, "train", shuffle=True)
@@ -103,15 +114,65 @@ class ImageDataModuleBase(L.LightningDataModule):
     @property
     def num_skipped(self) -> int:
         """Corrupt samples skipped so far (only with ``skip_corrupt=True``; on this process and its workers)."""
-        total = 0
-        for ds in (self.train_dataset, self.val_dataset, self.test_dataset):
-            if isinstance(ds, DecodedImageDataset):
-                total += ds.num_skipped
-        return total
+        datasets = {id(ds): ds for ds in (self.train_dataset, self.val_dataset, self.test_dataset)}
+        return sum(ds.num_skipped for ds in datasets.values() if isinstance(ds, DecodedImageDataset))
 
     def teardown(self, stage: str) -> None:
         if self.num_skipped:
             rank_zero_warn(f"{type(self).__name__}: skipped {self.num_skipped} corrupt sample(s) on this rank")
+
+
+def epoch_seed(seed: int, epoch: int) -> int:
+    """A 63-bit seed for ``(seed, epoch)``."""
+    return int(np.random.SeedSequence([seed, epoch]).generate_state(2, np.uint64)[0] >> 1)
+
+
+class EpochRandomSampler(RandomSampler):
+    """A RandomSampler with ``set_epoch`` (Lightning calls it before each training epoch)."""
+
+    def __init__(self, data_source: Dataset, generator: torch.Generator):
+        super().__init__(data_source, generator=generator)
+        self.epoch: int | None = None
+
+    def set_epoch(self, epoch: int) -> None:
+        self.epoch = epoch
+
+
+class EpochSeededDataLoader(DataLoader):
+    """A shuffling DataLoader whose randomness is a function of ``(seed, epoch)``, not of earlier draws.
+
+    When the first batch of an epoch is requested, it reseeds its generator (which draws the permutation
+    and the loader workers' seeds) from ``(seed, epoch)`` and calls ``dataset.set_epoch(epoch)`` when the
+    dataset has it. The epoch is the sampler's (Lightning calls ``set_epoch`` on it before each epoch; under
+    DDP Lightning swaps in a DistributedSampler, itself seeded by epoch), else the number of epochs
+    iterated so far. So a run resumed from an end-of-epoch checkpoint sees the same batches as an
+    uninterrupted one (with ``num_workers=0``; with workers Lightning starts the first resumed epoch's
+    workers before it sets the epoch).
+
+    Args:
+        dataset: Map-style dataset.
+        seed: Base seed.
+        **kwargs: DataLoader arguments other than ``shuffle``, ``sampler`` and ``generator``.
+    """
+
+    def __init__(self, dataset: Dataset, seed: int = 0, sampler=None, generator=None, **kwargs):
+        generator = torch.Generator() if generator is None else generator
+        sampler = EpochRandomSampler(dataset, generator) if sampler is None else sampler
+        super().__init__(dataset, sampler=sampler, generator=generator, **kwargs)
+        self.seed = seed
+        self.epochs_started = 0
+
+    def __iter__(self):
+        return self._epoch_iter()
+
+    def _epoch_iter(self):
+        epoch = getattr(self.sampler, "epoch", None)  # read at the first next(), after Lightning's set_epoch
+        epoch = self.epochs_started if epoch is None else epoch
+        self.epochs_started += 1
+        self.generator.manual_seed(epoch_seed(self.seed, epoch))
+        if hasattr(self.dataset, "set_epoch"):
+            self.dataset.set_epoch(epoch)
+        yield from super().__iter__()
 
 
 @dataclass(frozen=True)

@@ -156,6 +156,10 @@ class MoEImageClassifier(LightningModule):
             self._summary = summarize(self.model, img_size=hp.img_size, in_chans=hp.in_chans)
         return self._summary
 
+    def moe_layers(self) -> dict[str, Any]:
+        """The MoE layers of the model, keyed by the name of the MLP they replace (e.g. ``blocks.9.mlp``)."""
+        return {name.removesuffix(".moe"): moe for name, moe in moe_layers(self.model).items()}
+
     def on_fit_start(self) -> None:
         if self.logger is not None:
             info = self.summary()
@@ -204,7 +208,7 @@ class MoEImageClassifier(LightningModule):
         return loss
 
     def _log_router_stats(self, stage: str, batch_size: int) -> None:
-        for name, moe in moe_layers(self.model).items():
+        for name, moe in self.moe_layers().items():
             stats = moe.stats
             share = stats.tokens_per_expert
             key = f"router/{name.replace('.', '_')}"
@@ -214,7 +218,7 @@ class MoEImageClassifier(LightningModule):
                 f"{key}/dead_experts": float(stats.dead_experts),
                 f"{key}/entropy": float(stats.entropy),
                 f"{key}/dropped_frac": stats.dropped_tokens / max(1, stats.num_tokens * moe.top_k),
-            }, batch_size=batch_size, on_step=stage == "train", on_epoch=stage != "train")
+            }, batch_size=batch_size, on_step=stage == "train", on_epoch=stage != "train", sync_dist=stage != "train")
 
     def _eval_step(self, batch: tuple[torch.Tensor, torch.Tensor], stage: str) -> torch.Tensor:
         images, labels = batch

@@ -35,7 +35,7 @@ from typing import NamedTuple
 
 from litlab.errors import ConfigError
 
-__all__ = ["BlockRef", "PLACEMENT_SCOPES", "block_names", "resolve_placement"]
+__all__ = ["PLACEMENT_SCOPES", "BlockRef", "block_names", "resolve_placement"]
 
 PLACEMENT_SCOPES = ("global", "per-stage")
 _RULE = re.compile(r"^(every|last)[-_]?(\d+)$")

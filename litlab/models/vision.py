@@ -17,6 +17,8 @@ two-layer MLP works.
 from __future__ import annotations
 
 import inspect
+import os
+import pickle
 import warnings
 from collections.abc import Mapping
 from typing import Any
@@ -26,11 +28,16 @@ import torch
 from timm.layers import ConvMlp, Mlp
 from torch import nn
 
-from litlab.errors import ConfigError
+from litlab.errors import ConfigError, DataError
 from litlab.models.moe import MoE
-from litlab.models.placement import PLACEMENT_SCOPES, BlockRef, block_names, resolve_placement
+from litlab.models.placement import (
+    PLACEMENT_SCOPES,
+    BlockRef,
+    block_names,
+    resolve_placement,
+)
 
-__all__ = ["MoEMlp", "create_model", "find_blocks"]
+__all__ = ["MoEMlp", "create_model", "find_blocks", "load_dense_checkpoint"]
 
 # Arguments of MoE that create_model fills in itself from the dense MLP being replaced.
 _DERIVED = ("dim", "hidden_dim")
@@ -57,7 +64,9 @@ class MoEMlp(nn.Module):
         self.drop = nn.Dropout(drop)
 
     @classmethod
-    def from_dense(cls, mlp: nn.Module, moe_kwargs: Mapping[str, Any], *, upcycle: bool = False, name: str = "mlp") -> MoEMlp:
+    def from_dense(
+        cls, mlp: nn.Module, moe_kwargs: Mapping[str, Any], *, upcycle: bool = False, name: str = "mlp"
+    ) -> MoEMlp:
         """Build the MoE replacement of a timm MLP, taking ``dim`` and ``hidden_dim`` from it.
 
         Args:
@@ -79,22 +88,29 @@ class MoEMlp(nn.Module):
         moe = MoE(spec["dim"], spec["hidden_dim"], **kwargs)
         weight = spec["fc1_weight"]
         moe = moe.to(device=weight.device, dtype=weight.dtype)
+        activation = kwargs.get("activation", "gelu")
+        act = spec["act"]
+        exact_gelu = isinstance(act, _GELU_TYPES) and getattr(act, "approximate", "none") == "none"
         if upcycle:
-            activation = kwargs.get("activation", "gelu")
             if activation != "gelu":
                 raise ConfigError(
                     f"upcycle=True is not allowed with moe activation={activation!r}: a dense timm MLP can only "
                     "be copied into GELU experts (activation='gelu')"
                 )
-            if not isinstance(spec["act"], _GELU_TYPES) or getattr(spec["act"], "approximate", "none") != "none":
+            if not exact_gelu:
                 warnings.warn(
-                    f"{name}: upcycling a dense MLP with activation {spec['act']!r} into GELU experts; the MoE "
+                    f"{name}: upcycling a dense MLP with activation {act!r} into exact-GELU experts; the MoE "
                     "computes a slightly different function than the dense MLP",
                     stacklevel=3,
                 )
             if weight.device.type != "meta":
                 with torch.no_grad():
                     moe.load_dense(spec["fc1_weight"], spec["fc1_bias"], spec["fc2_weight"], spec["fc2_bias"])
+        elif not exact_gelu and "gelu" not in type(act).__name__.lower():
+            warnings.warn(
+                f"{name}: the dense MLP uses {act!r}; the MoE experts use activation={activation!r}",
+                stacklevel=3,
+            )
         return cls(moe, channels_last=spec["channels_last"], drop=spec["drop"])
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
@@ -240,6 +256,82 @@ def _timm_model(model_name: str, **kwargs: Any) -> nn.Module:
     return timm.create_model(model_name, pretrained=False, **kwargs)
 
 
+def _read_checkpoint(path: str | os.PathLike) -> dict[str, torch.Tensor]:
+    if not os.path.isfile(path):
+        raise DataError(f"init_checkpoint={str(path)!r}: no such file")
+    try:
+        try:
+            ckpt = torch.load(path, map_location="cpu", weights_only=True)
+        except pickle.UnpicklingError:
+            # Lightning checkpoints may hold hyper-parameter objects that the safe loader refuses; the file
+            # was named by the user, as for Lightning's own ckpt_path.
+            ckpt = torch.load(path, map_location="cpu", weights_only=False)
+    except Exception as err:
+        raise DataError(f"init_checkpoint={str(path)!r} could not be read: {err}") from err
+    if isinstance(ckpt, Mapping):
+        for key in ("state_dict", "model"):
+            inner = ckpt.get(key)
+            if isinstance(inner, Mapping) and inner and all(isinstance(v, torch.Tensor) for v in inner.values()):
+                ckpt = inner
+                break
+    if not isinstance(ckpt, Mapping) or not ckpt or not all(isinstance(v, torch.Tensor) for v in ckpt.values()):
+        raise DataError(
+            f"init_checkpoint={str(path)!r} holds no state dict (expected a dict of tensors, or one under "
+            "'state_dict' or 'model')"
+        )
+    state = dict(ckpt)
+    for prefix in ("model.", "module."):  # LightningModule attribute, DDP wrapper
+        if all(k.startswith(prefix) for k in state):
+            state = {k[len(prefix):]: v for k, v in state.items()}
+    return state
+
+
+def load_dense_checkpoint(model: nn.Module, path: str | os.PathLike) -> None:
+    """Load a dense checkpoint into a timm model (see ``create_model``'s ``init_checkpoint``).
+
+    Args:
+        model: The dense timm model (before MoE surgery).
+        path: The checkpoint file.
+
+    Raises:
+        DataError: the file is missing, unreadable or holds no state dict.
+        ConfigError: the keys or shapes do not match the model (other than a resized classifier).
+    """
+    state = _read_checkpoint(path)
+    own = model.state_dict()
+    missing = [k for k in own if k not in state]
+    unexpected = [k for k in state if k not in own]
+    if missing or unexpected:
+        hint = " (it looks like an MoE checkpoint; init_checkpoint takes a dense one)" if any(
+            ".moe." in k for k in unexpected) else ""
+        raise ConfigError(
+            f"init_checkpoint={str(path)!r} does not fit {type(model).__name__}{hint}: "
+            f"missing keys {missing[:5]}{' ...' if len(missing) > 5 else ''}, "
+            f"unexpected keys {unexpected[:5]}{' ...' if len(unexpected) > 5 else ''}"
+        )
+    classifier = getattr(model, "pretrained_cfg", {}).get("classifier") or ""
+    classifiers = (classifier,) if isinstance(classifier, str) else tuple(classifier)
+    resized = []
+    for k in list(state):
+        if tuple(state[k].shape) == tuple(own[k].shape):
+            continue
+        if any(c and k.startswith(c + ".") for c in classifiers):
+            resized.append(k)
+            del state[k]
+            continue
+        raise ConfigError(
+            f"init_checkpoint={str(path)!r} does not fit: {k} has shape {tuple(state[k].shape)} in the "
+            f"checkpoint and {tuple(own[k].shape)} in the model"
+        )
+    if resized:
+        warnings.warn(
+            f"init_checkpoint={str(path)!r}: classifier {resized} has another number of classes; "
+            "it keeps its fresh initialisation",
+            stacklevel=3,
+        )
+    model.load_state_dict(state, strict=not resized)
+
+
 def create_model(
     model_name: str,
     *,
@@ -250,6 +342,7 @@ def create_model(
     placement: str | list[int] = "last-2",
     placement_scope: str = "global",
     upcycle: bool = False,
+    init_checkpoint: str | os.PathLike | None = None,
     **timm_kwargs: Any,
 ) -> nn.Module:
     """Build a timm classifier (random init, never pretrained) with MoE MLPs in chosen blocks.
@@ -267,8 +360,13 @@ def create_model(
             (see :mod:`litlab.models.placement`).
         placement_scope: ``"global"`` (indices over all blocks) or ``"per-stage"`` (rule in every stage of a
             hierarchical model).
-        upcycle: Initialise every expert of each MoE as a copy of the (randomly initialised, or later loaded)
-            dense MLP it replaces. Skipped for models on the ``meta`` device.
+        upcycle: Initialise every expert of each MoE as a copy of the dense MLP it replaces (randomly
+            initialised, or loaded from ``init_checkpoint``: sparse upcycling). Skipped on the ``meta`` device.
+        init_checkpoint: Path of a *dense* checkpoint loaded into the timm model before the surgery: a plain
+            state dict, a Lightning ``.ckpt`` (its ``state_dict``, with the LightningModule's ``model.``
+            prefix removed) or a dict holding the weights under ``"state_dict"`` or ``"model"``. Keys must
+            match exactly, except the classifier (``pretrained_cfg["classifier"]``), which is kept freshly
+            initialised, with a warning, when its shape differs (e.g. ImageNet-21k -> 1k).
         **timm_kwargs: Passed to ``timm.create_model`` (``drop_path_rate``, ``conv_mlp``, ``act_layer``, ...).
 
     Returns:
@@ -278,7 +376,9 @@ def create_model(
         timm's.
 
     Raises:
-        ConfigError: unknown model, unsupported block structure or MLP, bad placement or MoE arguments.
+        ConfigError: unknown model, unsupported block structure or MLP, bad placement or MoE arguments, or a
+            checkpoint whose weights do not fit the model.
+        DataError: ``init_checkpoint`` is missing or unreadable.
     """
     if "pretrained" in timm_kwargs:
         raise ConfigError("pretrained is not allowed: litlab never downloads weights; load a checkpoint instead")
@@ -288,6 +388,8 @@ def create_model(
         )
     moe_kwargs = None if moe is None else _check_moe_kwargs(moe)
     model = _timm_model(model_name, num_classes=num_classes, img_size=img_size, in_chans=in_chans, **timm_kwargs)
+    if init_checkpoint is not None:
+        load_dense_checkpoint(model, init_checkpoint)
     dense = moe_kwargs is None or moe_kwargs.get("num_experts", 1) == 0
     if dense or (isinstance(placement, str) and placement.strip().lower() in ("none", "dense")):
         model.moe_blocks = []
@@ -311,5 +413,6 @@ def create_model(
         "placement_scope": placement_scope,
         "block_indices": [r.index for r in refs],
         "upcycle": upcycle,
+        "init_checkpoint": None if init_checkpoint is None else str(init_checkpoint),
     }
     return model

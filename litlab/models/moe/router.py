@@ -85,7 +85,7 @@ class CosineRouter(nn.Module):
         init_uniform_(self.proj.weight, bound, generator)
         init_uniform_(self.proj.bias, bound, generator)
         with torch.no_grad():
-            noise = torch.randn(self.expert_embed.shape, generator=generator) * 0.01
+            noise = torch.randn(self.expert_embed.shape, generator=generator, device="cpu") * 0.01
             self.expert_embed.copy_(noise)
             self.log_scale.fill_(math.log(1.0 / self.init_temperature))
 
