@@ -8,7 +8,7 @@ Usage:
 Prints one JSON object per line:
 ``{"bench": "moe_layer", "case": ..., "metric": ..., "value": ..., "unit": ..., "baseline": ..., "ratio": ...}``.
 Times are medians over ``--repeats`` runs after ``--warmup`` runs, the peers of a case interleaved run by run
-(robust to a noisy shared machine); ``ratio = ours / baseline`` (lower is better). Every peer is built from
+in alternating order (robust to a noisy shared machine); ``ratio = ours / baseline`` (lower is better). Every peer is built from
 the same weights as ours and computes the same function, which the ``max_abs_diff_vs_*`` lines check.
 
 Peers:
@@ -216,8 +216,9 @@ def run_case(case: dict, a: argparse.Namespace) -> None:
                 if n != "ours":
                     emit(case["name"], f"max_abs_diff_vs_{n}", float((m(x).float() - ref).abs().max()), "abs")
     times: dict[str, list[float]] = {n: [] for n in peers}
+    order = list(peers.items())
     for r in range(a.warmup + a.repeats):
-        for n, m in peers.items():  # interleaved: every repeat runs every peer once
+        for n, m in order if r % 2 else order[::-1]:  # interleaved, alternating order: each peer once a repeat
             sync()
             t0 = time.perf_counter()
             _step(m, x, g, amp)

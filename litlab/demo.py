@@ -8,7 +8,9 @@ the plots. Everything runs on the CPU in about two minutes.
 from __future__ import annotations
 
 import json
+import logging
 import time
+import warnings
 from pathlib import Path
 from typing import Any
 
@@ -39,6 +41,13 @@ def run_demo(
     """
     from litlab.cli import LitlabCLI
 
+    # Keep the demo's output to its results: Lightning's info lines and tips, and warnings about the
+    # in-process use of LightningCLI, are noise here (they stay in the logs of a plain `litlab fit`).
+    logging.getLogger("lightning.pytorch").setLevel(logging.WARNING)
+    logging.getLogger("lightning.fabric").setLevel(logging.WARNING)
+    warnings.filterwarnings("ignore", message=".*LightningCLI's args parameter.*")
+    warnings.filterwarnings("ignore", category=DeprecationWarning)
+    warnings.filterwarnings("ignore", message=".*isinstance\\(treespec, LeafSpec\\).*")
     for path in (moe_config, dense_config):
         if not Path(path).is_file():
             raise ConfigError(f"config file {path!r} does not exist")

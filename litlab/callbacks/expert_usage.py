@@ -19,6 +19,9 @@ from lightning.pytorch import Callback, LightningModule, Trainer
 
 from litlab.models.moe import moe_layers
 
+MAX_CLASSES_PLOTTED = 100
+"""The experts x classes heatmaps show at most this many classes (the first ones); the counts keep all."""
+
 
 class ExpertUsage(Callback):
     """Accumulates expert usage per MoE layer and per class during validation and plots it.
@@ -127,14 +130,20 @@ def write_usage_plots(
     plt.close(fig)
 
     class_share = class_counts / class_counts.sum(2, keepdim=True).clamp(min=1)
-    fig, axes = plt.subplots(1, num_layers, figsize=(0.5 + 3.2 * num_layers, 3.2), squeeze=False)
-    for i, ax in enumerate(axes[0]):
-        ax.imshow(class_share[i].T.cpu().numpy(), aspect="auto", cmap="magma", vmin=0)
+    shown = class_share[:, :MAX_CLASSES_PLOTTED]
+    cols = min(num_layers, 4)
+    rows = -(-num_layers // cols)
+    fig, axes = plt.subplots(rows, cols, figsize=(0.5 + 3.2 * cols, 0.4 + 2.8 * rows), squeeze=False)
+    for i, ax in enumerate(axes.flat):
+        if i >= num_layers:
+            ax.axis("off")
+            continue
+        im = ax.imshow(shown[i].T.cpu().numpy(), aspect="auto", cmap="magma", vmin=0)
         ax.set_title(names[i], fontsize=8)
-        ax.set_xlabel("class")
+        ax.set_xlabel("class" if class_share.shape[1] <= MAX_CLASSES_PLOTTED else f"class (first {MAX_CLASSES_PLOTTED})")
         ax.set_ylabel("expert")
+    fig.colorbar(im, ax=axes.ravel().tolist(), shrink=0.8)
     fig.suptitle(f"expert share per class (epoch {epoch})", fontsize=9)
-    fig.tight_layout()
     classes_path = out / f"classes_epoch{epoch:03d}.png"
     fig.savefig(classes_path, dpi=110)
     fig.savefig(out / "latest_classes.png", dpi=110)

