@@ -111,6 +111,8 @@ class MoEMlp(nn.Module):
                 f"{name}: the dense MLP uses {act!r}; the MoE experts use activation={activation!r}",
                 stacklevel=3,
             )
+        if not upcycle and weight.device.type != "meta":
+            timm_init_experts_(moe)
         return cls(moe, channels_last=spec["channels_last"], drop=spec["drop"])
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
@@ -123,6 +125,25 @@ class MoEMlp(nn.Module):
 
     def extra_repr(self) -> str:
         return f"channels_last={self.channels_last}"
+
+
+def timm_init_experts_(moe: MoE) -> None:
+    """Initialise the experts as timm initialises ViT and ConvNeXt MLPs: trunc-normal(std 0.02), zero biases.
+
+    ``MoE``'s own init is that of a plain ``nn.Linear``; timm re-initialises its models' linear layers after
+    building them, which never reaches the stacked expert weights, so MoE and dense models would start from
+    different scales. ``init="identical"`` stays identical; ``seed`` makes the draw reproducible.
+    """
+    ex = moe.experts
+    gen = torch.Generator().manual_seed(moe.seed) if moe.seed is not None else None
+    with torch.no_grad():
+        for w in (ex.fc1_weight, ex.fc2_weight):
+            nn.init.trunc_normal_(w, std=0.02, generator=gen)
+            if moe.init_mode == "identical":
+                w.copy_(w[:1].expand_as(w))
+        for b in (ex.fc1_bias, ex.fc2_bias):
+            if b is not None:
+                b.zero_()
 
 
 def _linear_weight(layer: nn.Module, name: str) -> tuple[torch.Tensor, torch.Tensor | None, int, int]:
