@@ -2,7 +2,7 @@
 
 - ``litlab fit --config configs/moe/vit_tiny_moe.yaml [--model.init_args.num_experts=16 ...]``
 - ``litlab validate|test|predict --config ... --ckpt_path ...``
-- ``litlab write_shards --src <ImageFolder> --dst <dir>``: write webdataset shards (ImageNet layout)
+- ``litlab write_shards <ImageFolder root> <output dir>``: write webdataset shards (ImageNet layout)
 - ``litlab demo``: the end-to-end demonstration of ``make demo``
 
 Model and data are given in subclass mode (``class_path`` + ``init_args``), YAML files may use ``${...}``

@@ -89,8 +89,9 @@ def run_demo(
 
 def format_results(results: dict[str, Any]) -> str:
     """The side-by-side table, the expert usage per MoE layer and the plot paths, as text."""
-    lines = ["", f"{'model':<6} {'total params':>12} {'activated':>10} {'MFLOPs/img':>10} "
-             f"{'test top-1':>10} {'test top-5':>10} {'fit s':>7}  MoE blocks"]
+    header = (f"{'model':<6} {'total params':>12} {'activated':>10} {'MFLOPs/img':>10} "
+              f"{'test top-1':>10} {'test top-5':>10} {'fit s':>7}  MoE blocks")
+    lines = ["", header]
     for name, r in results.items():
         lines.append(
             f"{name:<6} {r['total_params']:>12,} {r['activated_params']:>10,} {r['flops_per_image'] / 1e6:>10.2f} "

@@ -13,6 +13,7 @@ from typing import Any, Literal
 import torch
 import torch.nn.functional as F
 from lightning.pytorch import LightningModule
+from lightning.pytorch.utilities import rank_zero_info
 from timm.data import Mixup
 from timm.optim import create_optimizer_v2
 from torchmetrics.classification import MulticlassAccuracy
@@ -117,14 +118,14 @@ class MoEImageClassifier(LightningModule):
         _check_training_args(self.hparams)
         moe = None
         if num_experts > 0:
-            moe = dict(
-                num_experts=num_experts, top_k=top_k, router=router, activation=expert_activation,
-                expert_width=expert_width, renormalize=renormalize, router_noise=router_noise,
-                capacity_factor=capacity_factor, eval_capacity_factor=eval_capacity_factor,
-                batch_priority=batch_priority, load_balance_weight=load_balance_weight,
-                importance_weight=importance_weight, load_weight=load_weight, z_loss_weight=z_loss_weight,
-                init=expert_init,
-            )
+            moe = {
+                "num_experts": num_experts, "top_k": top_k, "router": router, "activation": expert_activation,
+                "expert_width": expert_width, "renormalize": renormalize, "router_noise": router_noise,
+                "capacity_factor": capacity_factor, "eval_capacity_factor": eval_capacity_factor,
+                "batch_priority": batch_priority, "load_balance_weight": load_balance_weight,
+                "importance_weight": importance_weight, "load_weight": load_weight, "z_loss_weight": z_loss_weight,
+                "init": expert_init,
+            }
         self.model = create_model(
             model_name, num_classes=num_classes, img_size=img_size, in_chans=in_chans, moe=moe,
             placement=placement, placement_scope=placement_scope, upcycle=upcycle,
@@ -144,6 +145,7 @@ class MoEImageClassifier(LightningModule):
         self.test_top1 = MulticlassAccuracy(num_classes, top_k=1)
         self.test_top5 = MulticlassAccuracy(num_classes, top_k=top5)
         self._summary: dict[str, Any] | None = None
+        self.summary()  # a forward pass on the meta device: shape mistakes in the config surface here
 
     # ------------------------------------------------------------------ model
     def forward(self, images: torch.Tensor) -> torch.Tensor:
@@ -153,7 +155,13 @@ class MoEImageClassifier(LightningModule):
         """Total and activated parameters, FLOPs per image and the MoE block list (computed once)."""
         if self._summary is None:
             hp = self.hparams
-            self._summary = summarize(self.model, img_size=hp.img_size, in_chans=hp.in_chans)
+            try:
+                self._summary = summarize(self.model, img_size=hp.img_size, in_chans=hp.in_chans)
+            except (AssertionError, RuntimeError, ValueError) as err:
+                raise ConfigError(
+                    f"model_name={hp.model_name!r} with model_kwargs={hp.model_kwargs!r} cannot take images of "
+                    f"img_size={hp.img_size}, in_chans={hp.in_chans}: {err}"
+                ) from err
         return self._summary
 
     def moe_layers(self) -> dict[str, Any]:
@@ -161,8 +169,13 @@ class MoEImageClassifier(LightningModule):
         return {name.removesuffix(".moe"): moe for name, moe in moe_layers(self.model).items()}
 
     def on_fit_start(self) -> None:
+        info = self.summary()
+        rank_zero_info(
+            f"{type(self).__name__}: {info['total_params']:,} parameters, {info['activated_params']:,} activated "
+            f"per token, {info['flops_per_image'] / 1e9:.4g} GFLOPs per image, "
+            f"MoE blocks: {', '.join(self.moe_blocks) or 'none'}"
+        )
         if self.logger is not None:
-            info = self.summary()
             self.logger.log_hyperparams({
                 "moe_blocks": ",".join(self.moe_blocks) or "none",
                 "total_params": info["total_params"],
@@ -255,7 +268,7 @@ class MoEImageClassifier(LightningModule):
         )
         total = int(self.trainer.estimated_stepping_batches)
         epochs = max(1, self.trainer.max_epochs or 1)
-        warmup = int(round(hp.warmup_epochs * total / epochs))
+        warmup = round(hp.warmup_epochs * total / epochs)
         scheduler = warmup_cosine(optimizer, warmup, total, hp.min_lr_ratio)
         return {"optimizer": optimizer, "lr_scheduler": {"scheduler": scheduler, "interval": "step"}}
 

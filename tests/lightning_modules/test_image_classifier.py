@@ -15,8 +15,8 @@ from litlab.errors import ConfigError
 from litlab.lightning_modules import MoEImageClassifier
 from litlab.models.moe import collect_aux_loss
 
-TINY_VIT = dict(model_name="test_vit", num_classes=10, img_size=8, in_chans=1,
-                model_kwargs={"patch_size": 2, "depth": 4, "embed_dim": 32, "num_heads": 2})
+TINY_VIT = {"model_name": "test_vit", "num_classes": 10, "img_size": 8, "in_chans": 1,
+            "model_kwargs": {"patch_size": 2, "depth": 4, "embed_dim": 32, "num_heads": 2}}
 
 
 def tiny_module(**kwargs) -> MoEImageClassifier:
@@ -108,3 +108,21 @@ def test_resume_from_checkpoint_continues_the_run(tmp_path: Path):
     assert trainer.global_step == 6
     for (name, a), b in zip(straight.state_dict().items(), resumed.state_dict().values()):
         torch.testing.assert_close(a, b, msg=name)
+
+
+def test_ema_of_weights_with_lightnings_callback(tmp_path: Path):
+    """EMA of the weights (the ConvNeXt recipe) is Lightning's EMAWeightAveraging; it averages the experts too."""
+    from lightning.pytorch.callbacks import EMAWeightAveraging
+
+    seed_everything(0)
+    module = tiny_module(num_experts=4, top_k=2)
+    ema = EMAWeightAveraging(decay=0.5)
+    trainer = Trainer(accelerator="cpu", max_epochs=1, limit_train_batches=3, limit_val_batches=1,
+                      default_root_dir=tmp_path, callbacks=[ema], enable_progress_bar=False,
+                      enable_model_summary=False)
+    trainer.fit(module, datamodule=digits())
+    averaged = dict(ema._average_model.module.named_parameters())
+    experts = [n for n in averaged if "experts.fc1_weight" in n]
+    assert len(experts) == 2
+    for name, p in module.named_parameters():
+        torch.testing.assert_close(p, averaged[name])  # the averaged weights were swapped in at the end of fit
