@@ -53,9 +53,10 @@ class MoEImageClassifier(LightningModule):
         z_loss_weight: Weight of the router z-loss.
         expert_init: ``scratch`` (independent experts) or ``identical`` (all experts equal at init).
         upcycle: Initialise each MoE from the dense MLP it replaces (every expert a copy of it).
-        init_checkpoint: Optional path to a dense checkpoint (a Lightning ``.ckpt`` of this module or a plain
-            timm ``state_dict``) loaded into the dense model before MoE surgery; with ``upcycle`` this gives
-            sparse upcycling of a trained dense model.
+        init_checkpoint: Optional path to weights to start from (a Lightning ``.ckpt`` of this module or a plain
+            timm ``state_dict``): a dense checkpoint is loaded before MoE surgery (with ``upcycle``: sparse
+            upcycling of a trained dense model); an MoE checkpoint after it (fine-tuning, e.g. 21k -> 1k). A
+            classifier of another size keeps its fresh initialisation.
         model_kwargs: Extra keyword arguments for ``timm.create_model`` (e.g. ``patch_size``, ``depth``,
             ``embed_dim``, ``conv_mlp``).
         loss: ``ce`` (softmax cross-entropy) or ``bce`` (binary cross-entropy on one-hot targets, DeiT III).

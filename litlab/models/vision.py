@@ -37,7 +37,7 @@ from litlab.models.placement import (
     resolve_placement,
 )
 
-__all__ = ["MoEMlp", "create_model", "find_blocks", "load_dense_checkpoint"]
+__all__ = ["MoEMlp", "create_model", "find_blocks", "load_checkpoint"]
 
 # Arguments of MoE that create_model fills in itself from the dense MLP being replaced.
 _DERIVED = ("dim", "hidden_dim")
@@ -307,24 +307,26 @@ def _read_checkpoint(path: str | os.PathLike) -> dict[str, torch.Tensor]:
     return state
 
 
-def load_dense_checkpoint(model: nn.Module, path: str | os.PathLike) -> None:
-    """Load a dense checkpoint into a timm model (see ``create_model``'s ``init_checkpoint``).
+def load_checkpoint(model: nn.Module, path: str | os.PathLike, state: dict[str, torch.Tensor] | None = None) -> None:
+    """Load a checkpoint into a model (see ``create_model``'s ``init_checkpoint``).
 
     Args:
-        model: The dense timm model (before MoE surgery).
-        path: The checkpoint file.
+        model: The model: the dense timm model before MoE surgery for a dense checkpoint, the model after the
+            surgery for an MoE checkpoint.
+        path: The checkpoint file (named in errors).
+        state: The weights if already read from ``path``.
 
     Raises:
         DataError: the file is missing, unreadable or holds no state dict.
         ConfigError: the keys or shapes do not match the model (other than a resized classifier).
     """
-    state = _read_checkpoint(path)
+    state = _read_checkpoint(path) if state is None else dict(state)
     own = model.state_dict()
     missing = [k for k in own if k not in state]
     unexpected = [k for k in state if k not in own]
     if missing or unexpected:
-        hint = " (it looks like an MoE checkpoint; init_checkpoint takes a dense one)" if any(
-            ".moe." in k for k in unexpected) else ""
+        hint = (" (an MoE checkpoint: build the model with the same num_experts and placement)"
+                if any(".moe." in k for k in unexpected + missing) else "")
         raise ConfigError(
             f"init_checkpoint={str(path)!r} does not fit {type(model).__name__}{hint}: "
             f"missing keys {missing[:5]}{' ...' if len(missing) > 5 else ''}, "
@@ -383,7 +385,9 @@ def create_model(
             hierarchical model).
         upcycle: Initialise every expert of each MoE as a copy of the dense MLP it replaces (randomly
             initialised, or loaded from ``init_checkpoint``: sparse upcycling). Skipped on the ``meta`` device.
-        init_checkpoint: Path of a *dense* checkpoint loaded into the timm model before the surgery: a plain
+        init_checkpoint: Path of a checkpoint. A *dense* one is loaded into the timm model before the surgery
+            (with ``upcycle``: sparse upcycling); an *MoE* one (keys ``*.mlp.moe.*``, e.g. pre-trained on
+            ImageNet-21k) after it, into a model with the same experts and placement. Either: a plain
             state dict, a Lightning ``.ckpt`` (its ``state_dict``, with the LightningModule's ``model.``
             prefix removed) or a dict holding the weights under ``"state_dict"`` or ``"model"``. Keys must
             match exactly, except the classifier (``pretrained_cfg["classifier"]``), which is kept freshly
@@ -409,10 +413,14 @@ def create_model(
         )
     moe_kwargs = None if moe is None else _check_moe_kwargs(moe)
     model = _timm_model(model_name, num_classes=num_classes, img_size=img_size, in_chans=in_chans, **timm_kwargs)
-    if init_checkpoint is not None:
-        load_dense_checkpoint(model, init_checkpoint)
+    state = None if init_checkpoint is None else _read_checkpoint(init_checkpoint)
+    moe_state = state is not None and any(".mlp.moe." in k for k in state)
+    if state is not None and not moe_state:
+        load_checkpoint(model, init_checkpoint, state)  # dense weights: loaded before the surgery (upcycling)
     dense = moe_kwargs is None or moe_kwargs.get("num_experts", 1) == 0
     if dense or (isinstance(placement, str) and placement.strip().lower() in ("none", "dense")):
+        if moe_state:
+            load_checkpoint(model, init_checkpoint, state)  # raises: MoE weights do not fit a dense model
         model.moe_blocks = []
         model.moe_config = None
         return model
@@ -427,6 +435,8 @@ def create_model(
         if seed is not None:
             kwargs["seed"] = seed + ref.index
         block.mlp = MoEMlp.from_dense(block.mlp, kwargs, upcycle=upcycle, name=name)
+    if moe_state:
+        load_checkpoint(model, init_checkpoint, state)  # an MoE checkpoint, e.g. pre-trained on 21k, fine-tuned
     model.moe_blocks = names
     model.moe_config = {
         "moe": dict(moe_kwargs),

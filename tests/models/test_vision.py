@@ -248,3 +248,18 @@ def test_init_checkpoint_errors(tmp_path):
     torch.save(create_model(**dict(VIT, model_name="test_vit2")).state_dict(), tmp_path / "other.pth")
     with pytest.raises(ConfigError, match="does not fit"):
         create_model(**VIT, init_checkpoint=tmp_path / "other.pth")
+
+
+def test_init_checkpoint_of_an_moe_model_is_loaded_after_the_surgery(tmp_path):
+    """Fine-tuning an MoE model pre-trained on more classes (ImageNet-21k -> 1k): experts kept, head fresh."""
+    moe = {"num_experts": 4, "top_k": 2}
+    source = build(seed=1, **dict(VIT, num_classes=7), moe=moe, placement="last-2")
+    torch.save({"state_dict": {f"model.{k}": v for k, v in source.state_dict().items()}}, tmp_path / "in21k.ckpt")
+    with pytest.warns(UserWarning, match="classifier"):
+        model = build(seed=2, **VIT, moe=moe, placement="last-2", init_checkpoint=tmp_path / "in21k.ckpt")
+    assert model.head.weight.shape == (5, 64)
+    for name, p in source.named_parameters():
+        if not name.startswith("head."):
+            torch.testing.assert_close(model.get_parameter(name), p, msg=name)
+    with pytest.raises(ConfigError, match="same num_experts and placement"):
+        create_model(**VIT, moe=moe, placement="every-2", init_checkpoint=tmp_path / "in21k.ckpt")
