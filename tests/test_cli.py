@@ -97,7 +97,7 @@ def test_write_shards_command_then_fit_validate_predict_on_the_shards(tmp_path):
               "--trainer.enable_progress_bar=false", "--model.init_args.model_kwargs={patch_size: 4}"]
     fit = LitlabCLI(args=["fit", *common, "--trainer.max_epochs=1", "--trainer.limit_train_batches=3"])
     assert fit.model.hparams.num_classes == 3  # read from the writer's meta.json, linked into the model
-    ckpt = str(sorted((tmp_path / "run").rglob("last.ckpt"))[0])
+    ckpt = str(min((tmp_path / "run").rglob("last.ckpt")))
     validate = LitlabCLI(args=["validate", *common, f"--ckpt_path={ckpt}"])
     assert "val/top1" in validate.trainer.callback_metrics
     predict = LitlabCLI(args=["predict", *common, f"--ckpt_path={ckpt}"])
