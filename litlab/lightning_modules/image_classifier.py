@@ -146,7 +146,8 @@ class MoEImageClassifier(LightningModule):
         self.test_top1 = MulticlassAccuracy(num_classes, top_k=1)
         self.test_top5 = MulticlassAccuracy(num_classes, top_k=top5)
         self._summary: dict[str, Any] | None = None
-        self.summary()  # a forward pass on the meta device: shape mistakes in the config surface here
+        if next(self.model.parameters()).device.type != "meta":
+            self.summary()  # a forward pass on the meta device: shape mistakes in the config surface here
 
     # ------------------------------------------------------------------ model
     def forward(self, images: torch.Tensor) -> torch.Tensor:
