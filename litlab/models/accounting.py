@@ -80,10 +80,10 @@ def count_parameters(model: nn.Module) -> dict[str, int]:
 
 def _router_flops_per_token(moe: MoE) -> int:
     """FLOPs of ``moe.router`` on one token, measured on the CPU with zero stand-in parameters."""
-    state = {n: torch.zeros(t.shape, dtype=torch.float32) for n, t in moe.router.named_parameters()}
-    state.update({n: torch.zeros(t.shape, dtype=torch.float32) for n, t in moe.router.named_buffers()})
+    state = {n: torch.zeros(t.shape, dtype=torch.float32, device="cpu") for n, t in moe.router.named_parameters()}
+    state.update({n: torch.zeros(t.shape, dtype=torch.float32, device="cpu") for n, t in moe.router.named_buffers()})
     with FlopCounterMode(display=False) as counter, torch.no_grad():
-        functional_call(moe.router, state, (torch.zeros(1, moe.dim),))
+        functional_call(moe.router, state, (torch.zeros(1, moe.dim, device="cpu"),))
     return int(counter.get_total_flops())
 
 

@@ -148,3 +148,14 @@ def test_summarize_paper_scale_on_meta():
     # a model that is not from create_model: MoE blocks are named after the MoE layers' parents
     del model.moe_blocks
     assert summarize(model, 224)["moe_blocks"] == [f"blocks.{i}.mlp" for i in (1, 3, 5, 7, 9, 11)]
+
+
+def test_summarize_inside_a_meta_device_context():
+    """Paper-scale models are built under ``with torch.device("meta")``; accounting must work there too."""
+
+    moe = {"num_experts": 8, "top_k": 2, "router": "cosine"}
+    outside = summarize(create_model("test_vit", num_classes=10, moe=moe, placement="last-2"), 32, 3)
+    with torch.device("meta"):
+        model = create_model("test_vit", num_classes=10, moe=moe, placement="last-2")
+        inside = summarize(model, 32, 3)
+    assert inside == outside
