@@ -152,7 +152,6 @@ def test_summarize_paper_scale_on_meta():
 
 def test_summarize_inside_a_meta_device_context():
     """Paper-scale models are built under ``with torch.device("meta")``; accounting must work there too."""
-
     moe = {"num_experts": 8, "top_k": 2, "router": "cosine"}
     outside = summarize(create_model("test_vit", num_classes=10, moe=moe, placement="last-2"), 32, 3)
     with torch.device("meta"):
