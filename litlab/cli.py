@@ -70,12 +70,12 @@ def _run_tool(name: str, argv: list[str]) -> Any:
 
 def main(argv: list[str] | None = None) -> None:
     """Entry point of the ``litlab`` console script and ``python -m litlab``."""
-    argv = list(sys.argv[1:] if argv is None else argv)
+    words = list(sys.argv[1:] if argv is None else argv)
     try:
-        if argv and argv[0] in TOOLS:
-            _run_tool(argv[0], argv[1:])
+        if words and words[0] in TOOLS:
+            _run_tool(words[0], words[1:])
         else:
-            LitlabCLI(args=argv)
+            LitlabCLI(args=argv)  # None: LightningCLI reads sys.argv itself
     except Exception as err:
         user_error = _user_error(err)
         if user_error is None:
