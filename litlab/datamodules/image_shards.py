@@ -34,20 +34,15 @@ logged, and counted in ``num_skipped`` instead; labels out of range still raise.
 
 from __future__ import annotations
 
-import glob
 import logging
-import os
-import re
-import tarfile
 from collections.abc import Callable
 
-import braceexpand
 import torch
 import torch.distributed as dist
 import webdataset as wds
 from lightning.pytorch.utilities import rank_zero_info, rank_zero_warn
 from torch.utils.data import IterableDataset
-from webdataset.tariterators import base_plus_ext, group_by_keys, tar_file_expander
+from webdataset.tariterators import group_by_keys, tar_file_expander
 from webdataset.utils import make_seed, pytorch_worker_info
 
 from litlab.datamodules.image_base import (
@@ -62,117 +57,18 @@ from litlab.datamodules.image_transforms import (
     pil_mode,
     resolve_mean_std,
 )
-from litlab.datamodules.shard_writer import read_meta
+from litlab.datamodules.shard_index import (
+    IMAGE_EXTENSIONS,
+    error_text,
+    index_shard,
+    parse_label,
+    read_member,
+    resolve_shards,
+    shard_meta,
+)
 from litlab.errors import ConfigError, DataError
 
 log = logging.getLogger(__name__)
-
-#: Record members read as the image, in order of preference.
-IMAGE_EXTENSIONS = ("jpg", "jpeg", "png", "ppm", "pgm", "pbm", "pnm", "webp", "bmp", "tif", "tiff")
-_META_NAME = r"__[^/]*__($|/)"
-
-
-# --------------------------------------------------------------------------------------- shard lists
-def resolve_shards(spec: str, argument: str) -> list[str]:
-    """Expand a shard spec (brace pattern, glob, directory, ``::``-joined) into existing ``.tar`` files."""
-    if not isinstance(spec, str) or not spec.strip():
-        raise ConfigError(f"{argument}={spec!r} is not allowed: give a shard path, brace pattern, glob or directory")
-    found: list[str] = []
-    missing: list[str] = []
-    for part in spec.split("::"):
-        for path in braceexpand.braceexpand(os.path.expanduser(part)):
-            if os.path.isdir(path):
-                files = sorted(glob.glob(os.path.join(path, "*.tar")))
-                if not files:
-                    raise DataError(f"{argument}: directory {path} holds no .tar shards")
-                found.extend(files)
-            elif any(c in path for c in "*?["):
-                files = sorted(f for f in glob.glob(path) if os.path.isfile(f))
-                (found.extend(files) if files else missing.append(path))
-            elif os.path.isfile(path):
-                found.append(path)
-            else:
-                missing.append(path)
-    if missing:
-        more = f" (and {len(missing) - 5} more)" if len(missing) > 5 else ""
-        raise DataError(f"{argument}={spec!r}: shard(s) not found: {', '.join(missing[:5])}{more}")
-    if not found:
-        raise DataError(f"{argument}={spec!r}: no shards found")
-    for path in found:
-        if not path.endswith(".tar"):
-            raise DataError(f"{argument}: {path} is not an uncompressed .tar shard (the only kind read here)")
-    return list(dict.fromkeys(found))
-
-
-def _shard_meta(shards: list[str]) -> tuple[list[str] | None, dict[str, int] | None]:
-    """Classes and per-shard sample counts from the ``meta.json`` next to the shards (None when unknown)."""
-    classes: list[str] | None = None
-    counts: dict[str, int] = {}
-    complete = True
-    for directory in dict.fromkeys(os.path.dirname(os.path.abspath(s)) for s in shards):
-        meta = read_meta(directory)
-        if meta is None:
-            complete = False
-            continue
-        if classes is not None and meta["classes"] != classes:
-            raise DataError(f"{os.path.join(directory, 'meta.json')} lists other classes than the metadata of other shards")
-        classes = list(meta["classes"])
-        for shard in shards:
-            if os.path.dirname(os.path.abspath(shard)) == directory:
-                entry = meta["shards"].get(os.path.basename(shard))
-                if entry is None:
-                    complete = False
-                else:
-                    counts[shard] = int(entry["num_samples"])
-    return classes, (counts if complete else None)
-
-
-def _error_text(exc: BaseException) -> str:
-    first = exc.args[0] if exc.args else ""
-    return f"{type(exc).__name__}: {first}"
-
-
-# --------------------------------------------------------------------------------- eval: tar index
-def index_shard(path: str) -> list[tuple[str, dict[str, tarfile.TarInfo]]]:
-    """``[(key, {extension: member})]`` of one tar shard, from its headers; DataError if it is truncated."""
-    size = os.path.getsize(path)
-    groups: dict[str, dict[str, tarfile.TarInfo]] = {}
-    try:
-        with tarfile.open(path, "r:") as tf:
-            for m in tf:
-                if m.offset_data + m.size > size:
-                    raise DataError(
-                        f"shard {path} is truncated: member {m.name} ends at byte {m.offset_data + m.size}, "
-                        f"the file has {size}"
-                    )
-                if not m.isreg() or re.match(_META_NAME, m.name):
-                    continue
-                key, ext = base_plus_ext(m.name)
-                if key is None:
-                    continue
-                groups.setdefault(key, {})[ext.lower()] = m
-            end = tf.offset
-    except tarfile.TarError as exc:
-        raise DataError(f"shard {path} is not a readable tar file: {exc}") from exc
-    with open(path, "rb") as f:
-        f.seek(end)
-        marker = f.read(1024)
-    if len(marker) < 1024 or marker.strip(b"\0"):
-        raise DataError(f"shard {path} is truncated: no end-of-archive marker after byte {end} (file has {size})")
-    return list(groups.items())
-
-
-def _read_member(f, member: tarfile.TarInfo) -> bytes:
-    f.seek(member.offset_data)
-    return f.read(member.size)
-
-
-def _parse_label(data: bytes, name: str) -> int:
-    try:
-        return int(data.decode("ascii").strip())
-    except (UnicodeDecodeError, ValueError) as exc:
-        raise DataError(f"{name}: .cls is not an integer label: {data[:20]!r}") from exc
-
 
 # ------------------------------------------------------------------------------- train: streaming
 class ShardStream(IterableDataset):
@@ -237,7 +133,7 @@ class ShardStream(IterableDataset):
                         n += 1
                         yield sample
             except Exception as exc:  # tarfile.ReadError, OSError, ... from a truncated or corrupt tar
-                problem = f"shard {url} is unreadable after {n} samples (truncated or corrupt?): {_error_text(exc)}"
+                problem = f"shard {url} is unreadable after {n} samples (truncated or corrupt?): {error_text(exc)}"
                 lost = max(1, expected - n) if expected is not None else 1
                 if not self.skip_corrupt:
                     raise DataError(problem) from exc
@@ -264,7 +160,7 @@ class ShardStream(IterableDataset):
                     raise DataError(f"{name}: no image member ({'/'.join(IMAGE_EXTENSIONS[:3])}...), has {members}")
                 if "cls" not in sample:
                     raise DataError(f"{name}: no .cls member (label)")
-                label = _parse_label(sample["cls"], name)
+                label = parse_label(sample["cls"], name)
                 image = decode_image(sample[ext], self.mode, name)
             except DataError as exc:
                 if not self.skip_corrupt:
@@ -405,7 +301,7 @@ class WebDatasetImageDataModule(ImageDataModuleBase):
             "val": resolve_shards(val_shards, "val_shards"),
         }
         self.shards["test"] = self.shards["val"] if test_shards is None else resolve_shards(test_shards, "test_shards")
-        classes, self.train_counts = _shard_meta(self.shards["train"])
+        classes, self.train_counts = shard_meta(self.shards["train"])
         if num_classes is None:
             if classes is None:
                 raise ConfigError(
@@ -428,7 +324,7 @@ class WebDatasetImageDataModule(ImageDataModuleBase):
     # -- setup ------------------------------------------------------------------------------------
     def _index(self, split: str) -> DecodedImageDataset:
         shards = self.shards[split]
-        _, counts = _shard_meta(shards)
+        _, counts = shard_meta(shards)
         records: list[ImageRecord] = []
         for shard in shards:
             groups = index_shard(shard)
@@ -448,7 +344,7 @@ class WebDatasetImageDataModule(ImageDataModuleBase):
                             raise DataError(f"{name}: no image member, has {sorted(members)}")
                         if "cls" not in members:
                             raise DataError(f"{name}: no .cls member (label)")
-                        label = _parse_label(_read_member(f, members["cls"]), name)
+                        label = parse_label(read_member(f, members["cls"]), name)
                     except DataError as exc:
                         if not self.skip_corrupt:
                             raise

@@ -11,7 +11,7 @@ import webdataset as wds
 from PIL import Image
 
 from litlab.datamodules import WebDatasetImageDataModule, write_image_shards
-from litlab.datamodules.image_shards import index_shard, resolve_shards
+from litlab.datamodules.shard_index import index_shard, resolve_shards
 from litlab.errors import ConfigError, DataError
 
 from .conftest import CLASSES, write_image_folder
