@@ -50,7 +50,9 @@ class ExpertUsage(Callback):
         dataloader_idx: int = 0,
     ) -> None:
         labels = batch[1]
-        num_classes = int(pl_module.hparams.get("num_classes", int(labels.max()) + 1))
+        num_classes = pl_module.hparams.get("num_classes")
+        if num_classes is None:  # a module without the hyperparameter: size the table from the labels (syncs)
+            num_classes = int(labels.max()) + 1
         layers = pl_module.moe_layers() if hasattr(pl_module, "moe_layers") else moe_layers(pl_module)
         for name, moe in layers.items():
             index = moe.expert_index.reshape(labels.shape[0], -1)  # [B, tokens * k], -1 = dropped
