@@ -27,6 +27,13 @@ TOOLS = {
 }
 
 
+# Datamodule attributes copied into the model's arguments of the same name, when both exist.
+LINKED_DATA_ARGS = (
+    "num_classes", "img_size", "in_chans",  # images
+    "vocab_size", "seq_len", "tokenizer", "tokenizer_path", "bytes_per_token", "word_groups",  # text
+)
+
+
 class LitlabTrainer(Trainer):
     """Lightning's Trainer; litlab's model-level subcommands are added here as methods."""
 
@@ -34,8 +41,10 @@ class LitlabTrainer(Trainer):
 class LitlabCLI(LightningCLI):
     """LightningCLI in omegaconf parser mode, with model and data in subclass mode.
 
-    The image size, channel count and class count of image datamodules are linked into the model, so that a
-    config states them once (under ``data``).
+    Values that model and data must agree on are stated once, under ``data``, and linked into the model: the
+    class count, image size and channels of image datamodules; the vocabulary, window, tokenizer and splitting
+    rule of text datamodules. A link whose source attribute or target argument does not exist for the chosen
+    classes is skipped by jsonargparse, so one list serves every family.
     """
 
     def __init__(self, args: Any = None, run: bool = True, **kwargs: Any) -> None:
@@ -54,7 +63,7 @@ class LitlabCLI(LightningCLI):
         )
 
     def add_arguments_to_parser(self, parser: LightningArgumentParser) -> None:
-        for name in ("num_classes", "img_size", "in_chans"):
+        for name in LINKED_DATA_ARGS:
             parser.link_arguments(f"data.{name}", f"model.init_args.{name}", apply_on="instantiate")
 
 

@@ -1,0 +1,130 @@
+"""`TransformerLM`: the baselines of AU-Net — the same Transformer blocks on BPE tokens or on raw bytes.
+
+On BPE (``tokenizer: bpe``) it is the paper's token-level baseline; on bytes (``tokenizer: bytes``) it is the flat
+byte Transformer. Both report bits per byte, so they compare with :class:`AUNetLM` on the same text.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from functools import cached_property
+from typing import Any, Literal
+
+from torch import nn
+
+from litlab.errors import ConfigError
+from litlab.lightning_modules.language_model import LanguageModel
+from litlab.models.flat_transformer import FlatTransformer
+from litlab.models.lm_accounting import transformer_flops_per_token
+from litlab.text.byte_vocab import BOS, BYTE_VOCAB_SIZE, EOS, decode_bytes
+
+
+class TransformerLM(LanguageModel):
+    """Causal Transformer language model on BPE tokens or bytes.
+
+    Args:
+        dim: Model width.
+        layers: Number of blocks.
+        heads: Attention heads.
+        window: Sliding attention window (``null``: full causal attention).
+        tokenizer: ``bpe`` or ``bytes`` (linked from the datamodule by the CLI).
+        tokenizer_path: The ``tokenizers`` JSON file of the BPE (linked from the datamodule).
+        vocab_size: Vocabulary size (linked from the datamodule).
+        bytes_per_token: Mean UTF-8 bytes per token of the data (linked from the datamodule); converts FLOPs per
+            token into FLOPs per byte.
+        seq_len: Tokens per training window (linked from the datamodule).
+        rope_theta: RoPE base.
+        ffn_multiple_of: SwiGLU hidden width is rounded up to a multiple of this.
+        ffn_multiplier: Optional multiplier of the SwiGLU hidden width.
+        attention: ``sdpa`` or ``flex``.
+        lr: Peak learning rate (ignored when ``compute_budget`` is set).
+        weight_decay: AdamW weight decay on matrices and embeddings.
+        betas: AdamW betas.
+        warmup_steps: Linear warmup in optimizer steps.
+        min_lr_ratio: Final learning rate as a fraction of the peak.
+        compute_budget: Training compute in FLOPs for the paper's learning-rate rule (``null``: use ``lr``).
+        compile: Train a ``torch.compile``-d network.
+    """
+
+    def __init__(
+        self,
+        dim: int = 2048,
+        layers: int = 24,
+        heads: int = 16,
+        window: int | None = None,
+        tokenizer: Literal["bpe", "bytes"] = "bpe",
+        tokenizer_path: str | None = None,
+        vocab_size: int = 4096,
+        bytes_per_token: float = 1.0,
+        seq_len: int = 1024,
+        rope_theta: float = 500000.0,
+        ffn_multiple_of: int = 256,
+        ffn_multiplier: float | None = None,
+        attention: str = "sdpa",
+        lr: float = 3e-3,
+        weight_decay: float = 0.1,
+        betas: Sequence[float] = (0.9, 0.95),
+        warmup_steps: int = 100,
+        min_lr_ratio: float = 0.01,
+        compute_budget: float | None = None,
+        compile: bool = False,
+    ) -> None:
+        super().__init__(
+            seq_len=seq_len, lr=lr, weight_decay=weight_decay, betas=betas, warmup_steps=warmup_steps,
+            min_lr_ratio=min_lr_ratio, compute_budget=compute_budget, compile=compile,
+        )
+        if tokenizer not in ("bpe", "bytes"):
+            raise ConfigError(f"tokenizer={tokenizer!r} is not allowed: choose 'bpe' or 'bytes'")
+        if tokenizer == "bytes" and vocab_size != BYTE_VOCAB_SIZE:
+            raise ConfigError(f"vocab_size={vocab_size} with tokenizer='bytes': the byte vocabulary has 258 ids")
+        if bytes_per_token <= 0:
+            raise ConfigError(f"bytes_per_token={bytes_per_token!r} is not allowed: must be > 0")
+        self.save_hyperparameters()
+        self.model = self.build_model()
+
+    @property
+    def compute_family(self) -> str:  # type: ignore[override]
+        return "bpe" if self.hparams.tokenizer == "bpe" else "aunet"
+
+    def build_model(self) -> nn.Module:
+        hp = self.hparams
+        return FlatTransformer(
+            dim=hp.dim, layers=hp.layers, heads=hp.heads, vocab_size=hp.vocab_size, max_length=hp.seq_len,
+            window=hp.window, rope_theta=hp.rope_theta, ffn_multiple_of=hp.ffn_multiple_of,
+            ffn_multiplier=hp.ffn_multiplier, attention=hp.attention,
+        )
+
+    # ------------------------------------------------------------------ tokens
+    @cached_property
+    def _bpe(self) -> Any:
+        from litlab.text.bpe import load_bpe
+
+        if self.hparams.tokenizer_path is None:
+            raise ConfigError("tokenizer='bpe' needs tokenizer_path (the tokenizers JSON written by litlab train_bpe)")
+        return load_bpe(self.hparams.tokenizer_path)
+
+    @property
+    def bos_id(self) -> int:
+        return BOS if self.hparams.tokenizer == "bytes" else self._bpe.token_to_id("<bos>")
+
+    @property
+    def eos_id(self) -> int:
+        return EOS if self.hparams.tokenizer == "bytes" else self._bpe.token_to_id("<eos>")
+
+    def encode(self, data: bytes) -> list[int]:
+        if self.hparams.tokenizer == "bytes":
+            return list(data)
+        return self._bpe.encode(data.decode("utf-8", errors="replace"), add_special_tokens=False).ids
+
+    def decode(self, ids: Sequence[int]) -> bytes:
+        if self.hparams.tokenizer == "bytes":
+            return decode_bytes(ids)
+        return self._bpe.decode(list(ids), skip_special_tokens=True).encode("utf-8")
+
+    def flops_per_byte(self) -> float:
+        hp = self.hparams
+        per_token = transformer_flops_per_token(
+            dim=hp.dim, layers=hp.layers, heads=hp.heads, vocab_size=hp.vocab_size, seq_len=hp.seq_len,
+            window=hp.window, ffn_multiple_of=hp.ffn_multiple_of, ffn_multiplier=hp.ffn_multiplier,
+        )
+        return per_token / hp.bytes_per_token
