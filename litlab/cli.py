@@ -23,6 +23,8 @@ from litlab.errors import LitlabError
 # Commands that need no model or trainer: name -> "module:function".
 TOOLS = {
     "write_shards": "litlab.datamodules.shard_writer:write_image_shards",
+    "write_text_shards": "litlab.datamodules.text_shards:write_text_shards",
+    "train_bpe": "litlab.datamodules.bpe:train_bpe",
     "demo": "litlab.demo:run_demo",
 }
 

@@ -97,7 +97,7 @@ class TransformerLM(LanguageModel):
     # ------------------------------------------------------------------ tokens
     @cached_property
     def _bpe(self) -> Any:
-        from litlab.text.bpe import load_bpe
+        from litlab.datamodules.bpe import load_bpe
 
         if self.hparams.tokenizer_path is None:
             raise ConfigError("tokenizer='bpe' needs tokenizer_path (the tokenizers JSON written by litlab train_bpe)")
