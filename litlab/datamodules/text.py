@@ -108,7 +108,7 @@ class TextDataModule(L.LightningDataModule):
         check_choice("tokenizer", tokenizer, TOKENIZERS)
         self.seq_len = check_int("seq_len", seq_len, 1)
         self.batch_size = check_int("batch_size", batch_size, 1)
-        self.word_groups = check_word_groups(word_groups)
+        self.word_groups = list(check_word_groups(word_groups))  # a list, like the hparam the CLI saves
         check_fractions(val_fraction, test_fraction)
         self.split_seed = check_int("split_seed", split_seed, 0)
         if max_bytes is not None:

@@ -16,7 +16,6 @@ from torch import nn
 from litlab.errors import ConfigError
 from litlab.lightning_modules.language_model import LanguageModel
 from litlab.models.aunet import AUNet
-from litlab.models.lm_accounting import aunet_flops_per_byte
 from litlab.text.byte_vocab import BOS, BYTE_VOCAB_SIZE, EOS, decode_bytes
 from litlab.text.splitting import split_token_levels
 
@@ -132,13 +131,16 @@ class AUNetLM(LanguageModel):
         return ids, self.levels_for_ids(ids)
 
     def stage_stats(self) -> dict[str, torch.Tensor]:
+        """Per pooling stage: mean pooled vectors per window and the share of boundaries truncated."""
         stats = getattr(self.model, "last_stats", None) or {}
-        return {name: value for name, value in stats.items() if isinstance(value, torch.Tensor)}
+        out: dict[str, torch.Tensor] = {}
+        if "pooled_counts" in stats:
+            for s, counts in enumerate(stats["pooled_counts"], start=2):
+                out[f"pooled_stage{s}"] = counts.float().mean()
+        if "truncation_rate" in stats:
+            for s, rate in enumerate(stats["truncation_rate"], start=2):
+                out[f"truncated_stage{s}"] = rate
+        return out
 
     def flops_per_byte(self) -> float:
-        hp = self.hparams
-        return aunet_flops_per_byte(
-            dims=list(hp.dims), layers=list(hp.layers), heads=list(hp.heads), windows=list(hp.windows),
-            max_lengths=self.max_lengths(), vocab_size=BYTE_VOCAB_SIZE, ffn_multiple_of=hp.ffn_multiple_of,
-            ffn_multiplier=hp.ffn_multiplier,
-        )
+        return float(self.model.flops_per_byte(self.hparams.seq_len))

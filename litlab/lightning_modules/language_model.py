@@ -46,7 +46,8 @@ class LanguageModel(LightningModule):
         warmup_steps: Linear warmup length in optimizer steps.
         min_lr_ratio: Final learning rate of the cosine as a fraction of the peak.
         compute_budget: Training compute C in FLOPs; when set, the peak learning rate follows the paper's
-            compute rule for this model family (and the batch size it recommends is logged).
+            compute rule for this model family (and the batch size it recommends, in bytes for byte models
+            and tokens for BPE, is logged).
         compile: Wrap the network in ``torch.compile`` for training.
     """
 
@@ -243,7 +244,7 @@ class LanguageModel(LightningModule):
             info["recommended_batch"], info["compute_lr"] = self.compute_rule()
             rank_zero_info(
                 f"compute rule (C={self.hparams.compute_budget:.3g} FLOPs, {self.compute_family}): lr "
-                f"{info['compute_lr']:.4g}, batch {info['recommended_batch']:.4g} (see docs/aunet.md for its unit)"
+                f"{info['compute_lr']:.4g}, batch {info['recommended_batch']:.4g} ({'tokens' if self.compute_family == 'bpe' else 'bytes'})"
             )
         datamodule = getattr(self.trainer, "datamodule", None)
         data_len = getattr(datamodule, "seq_len", None)
@@ -261,9 +262,10 @@ class LanguageModel(LightningModule):
     # ------------------------------------------------------------------ optimization
     def compute_rule(self) -> tuple[float, float]:
         """(recommended batch size, learning rate) from the paper's compute-based rules at ``compute_budget``."""
-        from litlab.models.lm_accounting import compute_optimal_hparams
+        from litlab.models.lm_accounting import compute_hparams
 
-        return compute_optimal_hparams(self.hparams.compute_budget, family=self.compute_family)
+        rule = compute_hparams(self.hparams.compute_budget, model=self.compute_family)
+        return rule["batch_size"], rule["lr"]
 
     def configure_optimizers(self) -> dict[str, Any]:
         hp = self.hparams

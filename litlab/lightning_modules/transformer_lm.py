@@ -15,7 +15,6 @@ from torch import nn
 from litlab.errors import ConfigError
 from litlab.lightning_modules.language_model import LanguageModel
 from litlab.models.flat_transformer import FlatTransformer
-from litlab.models.lm_accounting import transformer_flops_per_token
 from litlab.text.byte_vocab import BOS, BYTE_VOCAB_SIZE, EOS, decode_bytes
 
 
@@ -122,9 +121,4 @@ class TransformerLM(LanguageModel):
         return self._bpe.decode(list(ids), skip_special_tokens=True).encode("utf-8")
 
     def flops_per_byte(self) -> float:
-        hp = self.hparams
-        per_token = transformer_flops_per_token(
-            dim=hp.dim, layers=hp.layers, heads=hp.heads, vocab_size=hp.vocab_size, seq_len=hp.seq_len,
-            window=hp.window, ffn_multiple_of=hp.ffn_multiple_of, ffn_multiplier=hp.ffn_multiplier,
-        )
-        return per_token / hp.bytes_per_token
+        return float(self.model.flops_per_token(self.hparams.seq_len)) / self.hparams.bytes_per_token
