@@ -102,3 +102,32 @@ def test_write_shards_command_then_fit_validate_predict_on_the_shards(tmp_path):
     assert "val/top1" in validate.trainer.callback_metrics
     predict = LitlabCLI(args=["predict", *common, f"--ckpt_path={ckpt}"])
     assert predict.trainer.state.finished
+
+
+AUNET2 = str(ROOT / "configs" / "aunet" / "aunet2_tiny.yaml")
+
+
+@pytest.mark.slow
+def test_aunet_fit_with_ddp_on_two_cpu_processes_then_validate_from_checkpoint(tmp_path):
+    fit = litlab(
+        "fit", "--config", AUNET2, "--trainer.strategy=ddp", "--trainer.devices=2", "--trainer.max_steps=3",
+        "--trainer.val_check_interval=3", "--trainer.limit_val_batches=2", "--data.init_args.max_bytes=300000",
+        f"--trainer.default_root_dir={tmp_path}", "--trainer.enable_progress_bar=false", cwd=tmp_path, timeout=400,
+    )
+    assert fit.returncode == 0, fit.stderr[-3000:]
+    ckpts = sorted(tmp_path.rglob("*.ckpt"))
+    assert ckpts, "no checkpoint written"
+    val = litlab("validate", "--config", AUNET2, f"--ckpt_path={ckpts[0]}", "--data.init_args.max_bytes=300000",
+                 "--trainer.limit_val_batches=2", f"--trainer.default_root_dir={tmp_path}", cwd=tmp_path)
+    assert val.returncode == 0, val.stderr[-3000:]
+    assert "val/bpb" in val.stdout
+
+
+def test_text_config_errors_name_the_argument(tmp_path):
+    result = litlab("fit", "--config", AUNET2, "--data.init_args.source=/no/such/corpus", cwd=tmp_path)
+    assert result.returncode == 2
+    assert "Traceback" not in result.stderr
+    assert "/no/such/corpus" in result.stderr
+    result = litlab("fit", "--config", AUNET2, "--model.init_args.pooled_lengths=[96, 48]", cwd=tmp_path)
+    assert result.returncode == 2
+    assert "pooled_lengths" in result.stderr

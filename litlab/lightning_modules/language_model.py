@@ -13,6 +13,7 @@ Subclasses build the network in :meth:`build_model` and say how text becomes ids
 
 from __future__ import annotations
 
+import inspect
 import math
 import time
 from abc import abstractmethod
@@ -80,6 +81,19 @@ class LanguageModel(LightningModule):
             setattr(self, f"{stage}_bits", SumMetric())
             setattr(self, f"{stage}_bytes", SumMetric())
         self._step_start: float | None = None
+
+    def save_hyperparameters(self, *args: Any, frame: Any = None, **kwargs: Any) -> None:
+        """Lightning's, keeping only the constructor's own arguments.
+
+        The CLI links text-data attributes (``vocab_size``, ``tokenizer``...) into every model; a model without
+        such an argument receives them as extra keys, which must not reach the checkpoint (LightningCLI
+        rebuilds the model from the checkpoint's hyperparameters for ``validate``/``test --ckpt_path``).
+        """
+        super().save_hyperparameters(*args, frame=frame or inspect.currentframe().f_back, **kwargs)
+        own = inspect.signature(type(self).__init__).parameters
+        for key in [k for k in self.hparams if k not in own and not k.startswith("_")]:  # keep _class_path
+            del self.hparams[key]
+            self._hparams_initial.pop(key, None)
 
     # ------------------------------------------------------------------ to be defined by subclasses
     @abstractmethod

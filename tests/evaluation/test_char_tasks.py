@@ -7,7 +7,11 @@ import re
 import pytest
 
 from litlab.errors import ConfigError, DataError
-from litlab.evaluation.char_tasks import CHAR_TASKS, evaluate_char_tasks, make_char_tasks
+from litlab.evaluation.char_tasks import (
+    CHAR_TASKS,
+    evaluate_char_tasks,
+    make_char_tasks,
+)
 
 DOCS = [
     b"The quick brown foxes jumped over lazy sleeping dogs while zebras watched from distant hills.",
