@@ -25,6 +25,7 @@ TOOLS = {
     "write_shards": "litlab.datamodules.shard_writer:write_image_shards",
     "write_text_shards": "litlab.datamodules.text_shards:write_text_shards",
     "train_bpe": "litlab.datamodules.bpe:train_bpe",
+    "compare_lms": "litlab.evaluation.compare:compare_language_models",
     "demo": "litlab.demo:run_demo",
 }
 
