@@ -3,6 +3,9 @@
 - ``litlab fit --config configs/moe/vit_tiny_moe.yaml [--model.init_args.num_experts=16 ...]``
 - ``litlab validate|test|predict --config ... --ckpt_path ...``
 - ``litlab write_shards <ImageFolder root> <output dir>``: write webdataset shards (ImageNet layout)
+- ``litlab write_text_shards <corpus> <output dir>``, ``litlab train_bpe --output bpe.json``: text data
+- ``litlab generate --ckpt_path ... --prompt "..."``: sample from a trained AU-Net or Transformer LM
+- ``litlab compare_lms``: AU-Net 2/3 vs the BPE and flat-byte baselines at equal training FLOPs
 - ``litlab demo``: the end-to-end demonstration of ``make demo``
 
 Model and data are given in subclass mode (``class_path`` + ``init_args``), YAML files may use ``${...}``
@@ -26,6 +29,7 @@ TOOLS = {
     "write_text_shards": "litlab.datamodules.text_shards:write_text_shards",
     "train_bpe": "litlab.datamodules.bpe:train_bpe",
     "compare_lms": "litlab.evaluation.compare:compare_language_models",
+    "generate": "litlab.lightning_modules.generate:generate_text",
     "demo": "litlab.demo:run_demo",
 }
 

@@ -248,6 +248,54 @@ class LanguageModel(LightningModule):
         self.train(was_training)
         return torch.tensor(out)
 
+    @torch.no_grad()
+    def generate(
+        self,
+        prompt: bytes,
+        max_new_bytes: int = 256,
+        temperature: float = 0.0,
+        top_k: int | None = None,
+        top_p: float | None = None,
+        seed: int = 0,
+        use_cache: bool = True,
+    ) -> bytes:
+        """Continue ``prompt`` with KV-cached decoding (:class:`litlab.models.generation.Stepper`).
+
+        Stops at EOS or once ``max_new_bytes`` bytes were produced (a BPE model stops at the first token that
+        reaches the limit, and the output is cut to it).
+
+        Args:
+            prompt: The prompt's bytes (BOS is prepended).
+            max_new_bytes: Most bytes generated.
+            temperature: 0 = greedy, else the sampling temperature.
+            top_k: Keep the k most likely ids (``None``: all).
+            top_p: Nucleus sampling mass (``None``: off).
+            seed: Seed of the sampling generator.
+            use_cache: KV caches (and, for AU-Net, deeper stages run only at boundaries); False recomputes a
+                full forward per step (same output, slower).
+        """
+        from litlab.models.generation import Stepper, check_sampling, sample_next
+
+        check_sampling(temperature, top_k, top_p)
+        was_training = self.training
+        self.eval()
+        stepper = Stepper(self.model, use_cache=use_cache, word_groups=self.hparams.get("word_groups", (1, 2, 4)))
+        generator = torch.Generator().manual_seed(seed)
+        logits = stepper.prefill([self.bos_id, *self.encode(prompt)])
+        ids: list[int] = []
+        produced = b""
+        while len(produced) < max_new_bytes:
+            token = sample_next(logits.float().cpu(), temperature, top_k, top_p, generator, banned=(self.bos_id,))
+            if token == self.eos_id:
+                break
+            ids.append(token)
+            produced = self.decode(ids)
+            if len(produced) >= max_new_bytes:
+                break
+            logits = stepper.step(token)
+        self.train(was_training)
+        return produced[:max_new_bytes]
+
     # ------------------------------------------------------------------ logging and checkpoints
     def on_fit_start(self) -> None:
         fpb = self.flops_per_byte()

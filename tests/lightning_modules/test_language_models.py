@@ -176,3 +176,38 @@ def test_compute_rule_sets_the_learning_rate(tmp_path):
     trainer.fit(model, _data())
     lr = trainer.optimizers[0].param_groups[0]["initial_lr"]
     assert lr == pytest.approx(compute_hparams(1e15, "aunet")["lr"])
+
+
+@pytest.mark.parametrize("kind", ["aunet3", "bpe"])
+def test_generate_cached_equals_uncached_and_respects_the_limit(kind, bpe_file):
+    torch.manual_seed(0)
+    if kind == "aunet3":
+        model = AUNetLM(dims=[32, 48, 64], layers=[1, 1, 1], heads=[2, 2, 2], windows=[16, None, None],
+                        pooled_lengths=[40, 24], seq_len=64, ffn_multiple_of=16)
+    else:
+        model = TransformerLM(**TINY_FLAT, tokenizer="bpe", tokenizer_path=bpe_file, vocab_size=512, seq_len=64)
+    prompt = b"The function returns "
+    cached = model.generate(prompt, max_new_bytes=40, temperature=0.0)
+    uncached = model.generate(prompt, max_new_bytes=40, temperature=0.0, use_cache=False)
+    assert cached == uncached
+    assert 0 < len(cached) <= 40
+    sampled = model.generate(prompt, max_new_bytes=30, temperature=1.0, top_k=20, seed=3)
+    assert sampled == model.generate(prompt, max_new_bytes=30, temperature=1.0, top_k=20, seed=3)
+
+
+def test_generate_command_loads_the_checkpoint_class(tmp_path, capsys):
+    from litlab.lightning_modules.generate import generate_text
+
+    L.seed_everything(0)
+    model = AUNetLM(**TINY_AUNET)
+    trainer = _trainer(tmp_path, max_steps=1)
+    trainer.fit(model, _data())
+    ckpt = tmp_path / "m.ckpt"
+    trainer.save_checkpoint(ckpt)
+    text = generate_text(str(ckpt), prompt="def ", max_new_bytes=12)
+    assert capsys.readouterr().out.startswith("def ")
+    assert text.encode() == model.generate(b"def ", max_new_bytes=12).decode("utf-8", "replace").encode()
+    from litlab.errors import DataError
+
+    with pytest.raises(DataError, match="no such file"):
+        generate_text(str(tmp_path / "missing.ckpt"))
