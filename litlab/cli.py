@@ -30,6 +30,7 @@ TOOLS = {
     "train_bpe": "litlab.datamodules.bpe:train_bpe",
     "compare_lms": "litlab.evaluation.compare:compare_language_models",
     "generate": "litlab.lightning_modules.generate:generate_text",
+    "show_splits": "litlab.text.boundaries:show_splits",
     "demo": "litlab.demo:run_demo",
 }
 
