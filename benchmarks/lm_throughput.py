@@ -7,7 +7,7 @@ process on real batches of the embedded corpus (AdamW steps: forward, backward, 
 bytes/s to the BPE model (higher is better for AU-Net; the paper's H100 figures are AU-Net 2 / BPE = 1.07,
 AU-Net 3 / BPE = 0.86, flat bytes / BPE = 0.22).
 
-``--scale 100m`` builds ~100M-parameter versions of the four (for the GPU check, with ``--device cuda
+``--scale small`` builds ~12-25M-parameter versions matched at ~3e7 FLOPs per byte; ``--scale 100m`` builds ~100M-parameter versions of the four (for the GPU check, with ``--device cuda
 --dtype bf16``).
 
     python benchmarks/lm_throughput.py [--quick] [--device cuda --dtype bf16 --scale 100m]
@@ -25,6 +25,21 @@ import torch
 
 ROOT = Path(__file__).resolve().parent.parent
 CONFIGS = {n: str(ROOT / "configs" / "aunet" / f"{n}_tiny.yaml") for n in ("aunet2", "aunet3", "bpe", "bytes")}
+# ~12-25M-parameter versions at ~3.0-3.1e7 FLOPs per byte, where matrix products dominate the CPU step.
+SCALE_SMALL = {
+    "aunet2": ["--model.init_args.dims=[128, 384]", "--model.init_args.layers=[2, 6]",
+               "--model.init_args.heads=[2, 6]", "--model.init_args.windows=[128, null]",
+               "--model.init_args.pooled_lengths=[192]", "--data.init_args.seq_len=512",
+               "--model.init_args.ffn_multiple_of=64"],
+    "aunet3": ["--model.init_args.dims=[128, 384, 512]", "--model.init_args.layers=[2, 1, 4]",
+               "--model.init_args.heads=[2, 6, 8]", "--model.init_args.windows=[128, null, null]",
+               "--model.init_args.pooled_lengths=[192, 96]", "--data.init_args.seq_len=512",
+               "--model.init_args.ffn_multiple_of=64"],
+    "bpe": ["--model.init_args.dim=448", "--model.init_args.layers=6", "--model.init_args.heads=7",
+            "--data.init_args.seq_len=160", "--model.init_args.ffn_multiple_of=64"],
+    "bytes": ["--model.init_args.dim=256", "--model.init_args.layers=6", "--model.init_args.heads=4",
+              "--model.init_args.window=128", "--data.init_args.seq_len=512", "--model.init_args.ffn_multiple_of=64"],
+}
 # ~100M-parameter versions (dims x4 of the tiny ones at the byte stage, matched FLOPs/byte roughly).
 SCALE_100M = {
     "aunet2": ["--model.init_args.dims=[512, 1024]", "--model.init_args.layers=[2, 8]",
@@ -48,8 +63,8 @@ def build(name: str, bpe_path: str, scale: str, batch_size: int | None) -> tuple
     args = ["--config", CONFIGS[name], "--trainer.logger=false"]
     if name == "bpe":
         args.append(f"--data.init_args.tokenizer_path={bpe_path}")
-    if scale == "100m":
-        args += SCALE_100M[name]
+    if scale != "tiny":
+        args += {"small": SCALE_SMALL, "100m": SCALE_100M}[scale][name]
     if batch_size is not None:
         args.append(f"--data.init_args.batch_size={batch_size}")
     cli = LitlabCLI(args=args, run=False)
@@ -61,7 +76,7 @@ def main() -> None:
     parser.add_argument("--quick", action="store_true", help="few steps (a smoke run)")
     parser.add_argument("--device", default="cpu")
     parser.add_argument("--dtype", default="fp32", choices=["fp32", "bf16"])
-    parser.add_argument("--scale", default="tiny", choices=["tiny", "100m"])
+    parser.add_argument("--scale", default="tiny", choices=["tiny", "small", "100m"])
     parser.add_argument("--batch_size", type=int, default=None)
     parser.add_argument("--rounds", type=int, default=None)
     parser.add_argument("--steps", type=int, default=None, help="timed steps per model per round")

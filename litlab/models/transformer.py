@@ -9,8 +9,9 @@ stage as it is, and the language-model head applies its own RMSNorm.
 Attention back ends (``attention=``):
 
 * ``"sdpa"``: :func:`torch.nn.functional.scaled_dot_product_attention` with ``is_causal=True`` when the window
-  covers the sequence, else a boolean band mask precomputed once per stack (a non-persistent buffer of
-  ``max_length²`` booleans, 64 MiB at 8192; built only when the window is shorter than ``max_length``).
+  covers the sequence, else block-local sliding-window attention (:mod:`litlab.models.local_attention`: each
+  block of ``w`` queries attends to the ``2w`` keys of its block and the previous one, ``2w/L`` of the work
+  and memory of a full band mask; the ``[blocks, w, 2w]`` masks are a non-persistent buffer of the stack).
 * ``"flex"``: :func:`torch.nn.attention.flex_attention.flex_attention` with a block mask built per forward
   from the window. On CPU eager it is PyTorch's unfused reference path (it materialises the scores and
   warns once); it is meant to run under ``torch.compile`` on a GPU.
@@ -40,6 +41,11 @@ from torch.nn.attention.flex_attention import (
 )
 
 from litlab.errors import ConfigError
+from litlab.models.local_attention import (
+    LocalWindow,
+    block_masks,
+    local_window_attention,
+)
 
 __all__ = [
     "ATTENTION_IMPLS",
@@ -63,8 +69,9 @@ __all__ = [
 ATTENTION_IMPLS = ("sdpa", "flex")
 
 # What a block's attention receives as its mask: "causal" (SDPA's is_causal), a boolean tensor (True = may
-# attend), a flex BlockMask, or None (every key given is visible: one cached query inside its window).
-AttnMask = str | Tensor | BlockMask | None
+# attend), a flex BlockMask, a LocalWindow (block-local sliding window) or None (every key given is visible:
+# one cached query inside its window).
+AttnMask = str | Tensor | BlockMask | LocalWindow | None
 
 
 def ffn_hidden_dim(dim: int, multiple_of: int = 256, multiplier: float | None = None) -> int:
@@ -318,6 +325,8 @@ class Attention(nn.Module):
         if isinstance(mask, BlockMask):
             # Inductor's flex lowering wants plain 4-D inputs (not views of the 5-D rotary buffer).
             out = flex_attention(q.contiguous(), k.contiguous(), v.contiguous(), block_mask=mask)
+        elif isinstance(mask, LocalWindow):
+            out = local_window_attention(q, k, v, mask)
         elif isinstance(mask, str):
             out = F.scaled_dot_product_attention(q, k, v, is_causal=True)
         else:
@@ -434,12 +443,12 @@ class TransformerStack(nn.Module):
             Block(dim, heads, self.window, ffn_multiple_of, ffn_multiplier, norm_eps, attention, init_std)
             for _ in range(layers)
         )
-        self.band_mask: Tensor | None
+        self.block_masks: Tensor | None
         if self.window is not None and attention == "sdpa":
-            pos = torch.arange(max_length)
-            self.register_buffer("band_mask", window_mask(pos, pos, self.window), persistent=False)
+            num_blocks = -(-max_length // self.window)
+            self.register_buffer("block_masks", block_masks(num_blocks, self.window), persistent=False)
         else:
-            self.band_mask = None
+            self.block_masks = None
 
     def new_cache(self) -> StackCache:
         """An empty cache for cached decoding (capacity ``max_length``)."""
@@ -456,8 +465,8 @@ class TransformerStack(nn.Module):
             return create_block_mask(mask_mod, None, None, length, length, device=device)
         if self.window is None or length <= self.window:
             return "causal"
-        assert self.band_mask is not None
-        return self.band_mask[:length, :length]
+        assert self.block_masks is not None
+        return LocalWindow(self.window, self.block_masks)
 
     def _cached_mask(self, length: int, offset: int, cache: StackCache, device: torch.device) -> AttnMask:
         if length == 1:
