@@ -2,6 +2,8 @@
 
 - ``litlab fit --config configs/moe/vit_tiny_moe.yaml [--model.init_args.num_experts=16 ...]``
 - ``litlab validate|test|predict --config ... --ckpt_path ...``
+- ``litlab retrofit --config ... --ckpt_path ...``: AfterLearnER retrofitting of a trained checkpoint with the
+  config's ``EvolutionaryRetrofit`` callback, without training (:meth:`LitlabTrainer.retrofit`)
 - ``litlab write_shards <ImageFolder root> <output dir>``: write webdataset shards (ImageNet layout)
 - ``litlab write_text_shards <corpus> <output dir>``, ``litlab train_bpe --output bpe.json``: text data
 - ``litlab generate --ckpt_path ... --prompt "..."``: sample from a trained AU-Net or Transformer LM
@@ -21,7 +23,7 @@ from typing import Any
 from lightning.pytorch import LightningDataModule, LightningModule, Trainer
 from lightning.pytorch.cli import LightningArgumentParser, LightningCLI
 
-from litlab.errors import LitlabError
+from litlab.errors import ConfigError, LitlabError
 
 # Commands that need no model or trainer: name -> "module:function".
 TOOLS = {
@@ -44,6 +46,34 @@ LINKED_DATA_ARGS = (
 
 class LitlabTrainer(Trainer):
     """Lightning's Trainer; litlab's model-level subcommands are added here as methods."""
+
+    def retrofit(
+        self, model: LightningModule, datamodule: LightningDataModule | None = None, ckpt_path: str | None = None
+    ) -> Any:
+        """Retrofit a trained checkpoint (AfterLearnER) with the EvolutionaryRetrofit callback, without training.
+
+        Runs ``validate`` on the checkpoint (which loads it, sets up the data and, under DDP, the processes, and
+        reports the loaded model's validation metrics), then the callback's search at the end of the validation
+        loop; the retrofitted weights, report and plot go to the callback's ``output_dir``.
+
+        Args:
+            model: The LightningModule (the config's ``model``).
+            datamodule: Its data (the config's ``data``); the search splits its validation set.
+            ckpt_path: The trained checkpoint (a path, or ``best``/``last`` as for ``validate``); None retrofits
+                the model as it is.
+
+        Returns:
+            The engine's :class:`~litlab.evolution.EvolutionResult` (None when the search was skipped).
+        """
+        from litlab.callbacks.retrofit import EvolutionaryRetrofit
+
+        found = [cb for cb in self.callbacks if isinstance(cb, EvolutionaryRetrofit)]
+        if len(found) != 1:
+            raise ConfigError("retrofit: add an EvolutionaryRetrofit callback to trainer.callbacks" if not found else
+                              f"retrofit: trainer.callbacks has {len(found)} EvolutionaryRetrofit callbacks; keep one")
+        with found[0].in_validate():
+            self.validate(model, datamodule=datamodule, ckpt_path=ckpt_path)
+        return found[0].result
 
 
 class LitlabCLI(LightningCLI):
@@ -69,6 +99,11 @@ class LitlabCLI(LightningCLI):
             run=run,
             **kwargs,
         )
+
+    @staticmethod
+    def subcommands() -> dict[str, set[str]]:
+        """LightningCLI's subcommands plus ``retrofit`` (:meth:`LitlabTrainer.retrofit`), with the arguments to skip."""
+        return {**LightningCLI.subcommands(), "retrofit": {"model", "datamodule"}}
 
     def add_arguments_to_parser(self, parser: LightningArgumentParser) -> None:
         for name in LINKED_DATA_ARGS:

@@ -1,5 +1,6 @@
 """Lightning callbacks of litlab."""
 
 from litlab.callbacks.expert_usage import ExpertUsage
+from litlab.callbacks.retrofit import EvolutionaryRetrofit
 
-__all__ = ["ExpertUsage"]
+__all__ = ["EvolutionaryRetrofit", "ExpertUsage"]
