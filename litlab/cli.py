@@ -34,6 +34,7 @@ TOOLS = {
     "generate": "litlab.lightning_modules.generate:generate_text",
     "show_splits": "litlab.text.boundaries:show_splits",
     "demo": "litlab.demo:run_demo",
+    "retrofit_lm": "litlab.evaluation.lm_retrofit:retrofit_language_model",
 }
 
 
@@ -48,7 +49,11 @@ class LitlabTrainer(Trainer):
     """Lightning's Trainer; litlab's model-level subcommands are added here as methods."""
 
     def retrofit(
-        self, model: LightningModule, datamodule: LightningDataModule | None = None, ckpt_path: str | None = None
+        self,
+        model: LightningModule,
+        datamodule: LightningDataModule | None = None,
+        ckpt_path: str | None = None,
+        verbose: bool = True,
     ) -> Any:
         """Retrofit a trained checkpoint (AfterLearnER) with the EvolutionaryRetrofit callback, without training.
 
@@ -61,6 +66,7 @@ class LitlabTrainer(Trainer):
             datamodule: Its data (the config's ``data``); the search splits its validation set.
             ckpt_path: The trained checkpoint (a path, or ``best``/``last`` as for ``validate``); None retrofits
                 the model as it is.
+            verbose: Print the validation metrics of the loaded model.
 
         Returns:
             The engine's :class:`~litlab.evolution.EvolutionResult` (None when the search was skipped).
@@ -72,7 +78,7 @@ class LitlabTrainer(Trainer):
             raise ConfigError("retrofit: add an EvolutionaryRetrofit callback to trainer.callbacks" if not found else
                               f"retrofit: trainer.callbacks has {len(found)} EvolutionaryRetrofit callbacks; keep one")
         with found[0].in_validate():
-            self.validate(model, datamodule=datamodule, ckpt_path=ckpt_path)
+            self.validate(model, datamodule=datamodule, ckpt_path=ckpt_path, verbose=verbose)
         return found[0].result
 
 
