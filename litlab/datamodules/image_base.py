@@ -86,16 +86,7 @@ class ImageDataModuleBase(L.LightningDataModule):
         """A DataLoader over a map-style dataset; under DDP Lightning adds a DistributedSampler."""
         if dataset is None:
             raise RuntimeError(f"{type(self).__name__}: call setup() before {split}_dataloader()")
-        kwargs = {
-            "batch_size": self.batch_size,
-            "num_workers": self.num_workers,
-            "persistent_workers": self.num_workers > 0,
-            "pin_memory": torch.cuda.is_available(),
-            "drop_last": False,
-        }
-        if shuffle:
-            return EpochSeededDataLoader(dataset, seed=self.seed, **kwargs)
-        return DataLoader(dataset, shuffle=False, **kwargs)
+        return map_loader(dataset, self.batch_size, self.num_workers, self.seed, shuffle)
 
     def train_dataloader(self) -> DataLoader:
         return self._map_loader(self.train_dataset, "train", shuffle=True)
@@ -265,3 +256,25 @@ class DecodedImageDataset(Dataset):
                 self.bad[j] = True
                 log.warning("skipping corrupt sample (skip_corrupt=True; pid %d): %s", os.getpid(), exc)
         raise DataError(f"every one of the {n} images is corrupt (first: {self.records[0].name})")
+
+
+def map_loader(dataset: Dataset, batch_size: int, num_workers: int, seed: int, shuffle: bool) -> DataLoader:
+    """The DataLoader litlab's datamodules use for a map-style dataset (under DDP Lightning adds its sampler).
+
+    Args:
+        dataset: Map-style dataset.
+        batch_size: Items per batch.
+        num_workers: Loader worker processes (kept alive between epochs when > 0).
+        seed: Seed of the training shuffle (a function of ``(seed, epoch)`` only, see ``EpochSeededDataLoader``).
+        shuffle: Shuffle (training) or keep the order (evaluation).
+    """
+    kwargs = {
+        "batch_size": batch_size,
+        "num_workers": num_workers,
+        "persistent_workers": num_workers > 0,
+        "pin_memory": torch.cuda.is_available(),
+        "drop_last": False,
+    }
+    if shuffle:
+        return EpochSeededDataLoader(dataset, seed=seed, **kwargs)
+    return DataLoader(dataset, shuffle=False, **kwargs)

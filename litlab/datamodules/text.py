@@ -26,11 +26,10 @@ from typing import Literal
 
 import lightning.pytorch as L
 import numpy as np
-import torch
 from lightning.pytorch.utilities import rank_zero_info
 from torch.utils.data import DataLoader
 
-from litlab.datamodules.image_base import EpochSeededDataLoader, check_choice, check_int
+from litlab.datamodules.image_base import check_choice, check_int, map_loader
 from litlab.datamodules.text_corpus import (
     EMBEDDED,
     SPLITS,
@@ -200,16 +199,7 @@ class TextDataModule(L.LightningDataModule):
     def _loader(self, split: str, shuffle: bool) -> DataLoader:
         if split not in self.datasets:
             raise RuntimeError(f"{type(self).__name__}: call setup() before {split} dataloaders")
-        kwargs = {
-            "batch_size": self.batch_size,
-            "num_workers": self.num_workers,
-            "persistent_workers": self.num_workers > 0,
-            "pin_memory": torch.cuda.is_available(),
-            "drop_last": False,
-        }
-        if shuffle:
-            return EpochSeededDataLoader(self.datasets[split], seed=self.seed, **kwargs)
-        return DataLoader(self.datasets[split], shuffle=False, **kwargs)
+        return map_loader(self.datasets[split], self.batch_size, self.num_workers, self.seed, shuffle)
 
     def train_dataloader(self) -> DataLoader:
         """Train windows, shuffled by ``(seed, epoch)``."""
