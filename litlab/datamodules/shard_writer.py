@@ -71,16 +71,24 @@ def _image_bytes(path: str) -> tuple[str, bytes]:
         raise DataError(f"cannot read image {path}: {type(exc).__name__}: {exc}") from exc
 
 
-def read_meta(directory: str) -> dict | None:
-    """The ``meta.json`` of a shard directory, or None when there is none; DataError if it is unreadable."""
+def load_meta_json(directory: str) -> object | None:
+    """The parsed ``meta.json`` of a shard directory (any format), or None when there is none."""
     path = os.path.join(directory, META_FILENAME)
     if not os.path.isfile(path):
         return None
     try:
         with open(path) as f:
-            meta = json.load(f)
+            return json.load(f)
     except (OSError, ValueError) as exc:
         raise DataError(f"shard metadata {path} is unreadable: {exc}") from exc
+
+
+def read_meta(directory: str) -> dict | None:
+    """The ``meta.json`` of an image shard directory, or None when there is none; DataError if it is unreadable."""
+    meta = load_meta_json(directory)
+    if meta is None:
+        return None
+    path = os.path.join(directory, META_FILENAME)
     if not isinstance(meta, dict) or meta.get("format") != META_FORMAT:
         raise DataError(f"shard metadata {path} is not a {META_FORMAT} file (format={meta.get('format')!r})")
     return meta

@@ -31,24 +31,17 @@ import tempfile
 import webdataset as wds
 
 from litlab.datamodules.shard_index import index_shard, read_member
+from litlab.datamodules.shard_writer import META_FILENAME, load_meta_json
 from litlab.errors import ConfigError, DataError
 
 log = logging.getLogger(__name__)
 
-META_FILENAME = "meta.json"
 META_FORMAT = "litlab-text-shards"
 
 
 def read_text_meta(directory: str) -> dict | None:
     """The ``meta.json`` of a text shard directory; None when there is none or it describes other shards."""
-    path = os.path.join(directory, META_FILENAME)
-    if not os.path.isfile(path):
-        return None
-    try:
-        with open(path) as f:
-            meta = json.load(f)
-    except (OSError, ValueError) as exc:
-        raise DataError(f"shard metadata {path} is unreadable: {exc}") from exc
+    meta = load_meta_json(directory)
     return meta if isinstance(meta, dict) and meta.get("format") == META_FORMAT else None
 
 
