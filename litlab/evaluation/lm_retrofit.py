@@ -17,12 +17,9 @@ The ℵ-parameters (``space``):
   answers (an answer-format bias: ``y``/``n`` for ``contains``);
 - ``"both"``: the two together.
 
-Fast exact match: for a byte-level model, greedy decoding reproduces the target iff the (biased) argmax at
-every target position equals the target byte under teacher forcing and the argmax after it is a newline or
-EOS (by induction on the generated prefix). One batched forward pass over ``prompt + target`` per example
-therefore gives exactly the exact match of greedy generation, ~50x faster than decoding byte by byte; other
-tokenizers decode for real (KV-cached). ``check_generation`` re-measures the held-out set by real cached
-decoding before and after and reports both.
+The fitness, greedy exact match (computed by one teacher-forced pass for byte-level models, equal to real
+decoding), is :class:`~litlab.evaluation.exact_match.GreedyExactMatch`. ``check_generation`` re-measures the
+held-out set by real cached decoding before and after and reports both.
 
 Safeguard: if the held-out exact match of the result is below that of the unmodified model, the model and the
 decoding settings are restored (``kept: false``); the report says which.
@@ -38,14 +35,24 @@ from pathlib import Path
 from typing import Any, Literal
 
 import torch
-from torch import nn
 
 from litlab.errors import ConfigError
 from litlab.evaluation.char_tasks import CHAR_TASKS, CharTaskExample, make_char_tasks
+from litlab.evaluation.exact_match import (  # noqa: F401  (re-exported: the command's building blocks)
+    BIAS_BYTES,
+    NEWLINE,
+    GreedyExactMatch,
+    cut_prediction,
+    decoding_hyperparameters,
+    exact_match,
+    generated_exact_match,
+    is_byte_level,
+    prompt_bytes,
+    target_of,
+)
 from litlab.evolution import (
     EvolutionEngine,
     Fitness,
-    HyperParameters,
     ParameterSpace,
     SearchSpace,
 )
@@ -54,29 +61,6 @@ from litlab.models.transformer import RMSNorm
 
 SPACES = ("norms", "decoding", "both")
 GRANULARITIES = ("tensor", "channel")
-NEWLINE = b"\n"
-# Decoding hyperparameter -> the bytes whose logits it shifts (``None``: computed from the prompt, see
-# ``prompt_bytes``: copy_bias, the bytes of the question line; answer_bias, those of the solved answers).
-BIAS_BYTES: dict[str, bytes | None] = {"newline_bias": b"\n", "space_bias": b" ", "quote_bias": b'"',
-                                       "copy_bias": None, "answer_bias": None}
-
-
-def target_of(example: CharTaskExample) -> str:
-    """The correct answer of ``example`` (the generation target)."""
-    return example.choices[example.answer]
-
-
-def cut_prediction(generated: bytes) -> bytes:
-    """The prediction in a continuation: everything before the first newline."""
-    return generated.split(NEWLINE, 1)[0]
-
-
-def exact_match(generated: bytes | str, target: bytes | str) -> bool:
-    """Whether the continuation, cut at its first newline, is exactly ``target``."""
-    generated = generated.encode() if isinstance(generated, str) else generated
-    target = target.encode() if isinstance(target, str) else target
-    return cut_prediction(generated) == target
-
 
 def split_examples(
     examples: Sequence[CharTaskExample], num_selection: int, num_heldout: int, seed: int = 0
@@ -105,158 +89,6 @@ def split_examples(
     return selection, heldout
 
 
-def decoding_hyperparameters(limit: float = 4.0) -> HyperParameters:
-    """The decoding settings searched with ``space="decoding"``: logit biases in ``[-limit, limit]``, default 0."""
-    return HyperParameters({name: (0.0, -limit, limit) for name in BIAS_BYTES})
-
-
-class GreedyExactMatch:
-    """Exact match of (biased) greedy decoding on char-task examples: the fitness and the held-out metric.
-
-    Args:
-        model: A :class:`~litlab.lightning_modules.language_model.LanguageModel`.
-        hyperparameters: The decoding biases read at every evaluation (``None``: no bias).
-        max_extra_bytes: Bytes generated beyond the target's length (>= 1: room for the newline).
-        fast: Teacher-forced exact match (byte-level models; ``None``: whenever the model is byte-level).
-        batch_size: Examples per forward pass on the fast path.
-        cache_logits: Keep the fast path's teacher-forced logits per batch of examples and reuse them: only for
-            searches that leave the model unchanged (decoding biases alone), which then cost one forward pass.
-    """
-
-    def __init__(
-        self,
-        model: Any,
-        hyperparameters: HyperParameters | None = None,
-        max_extra_bytes: int = 4,
-        fast: bool | None = None,
-        batch_size: int = 32,
-        cache_logits: bool = False,
-    ) -> None:
-        if not isinstance(max_extra_bytes, int) or max_extra_bytes < 1:
-            raise ConfigError(f"max_extra_bytes={max_extra_bytes!r} is not allowed: must be an integer >= 1")
-        self.model = model
-        self.hp = hyperparameters
-        self.max_extra_bytes = max_extra_bytes
-        self.byte_level = _is_byte_level(model)
-        if fast and not self.byte_level:
-            raise ConfigError("fast=True needs a byte-level model (one id per byte); this one merges bytes")
-        self.fast = self.byte_level if fast is None else fast
-        self.batch_size = batch_size
-        self.cache_logits = cache_logits
-        self._cache: dict[tuple[str, ...], torch.Tensor] = {}
-        self.newline_id = model.encode(NEWLINE)[0] if self.byte_level else None
-
-    # ------------------------------------------------------------------ biases
-    def bias(self, prompt: str, vocab_size: int) -> torch.Tensor | None:
-        """The logit bias of one example (``[vocab_size]`` float32), or ``None`` when all biases are 0."""
-        if self.hp is None or all(self.hp[name] == 0.0 for name in BIAS_BYTES if name in self.hp.defaults):
-            return None
-        bias = torch.zeros(vocab_size)
-        for name, chars in BIAS_BYTES.items():
-            if name not in self.hp.defaults or self.hp[name] == 0.0:
-                continue
-            chars = prompt_bytes(prompt, name) if chars is None else chars
-            ids = sorted({i for c in chars for i in self.model.encode(bytes([c]))})
-            bias[ids] += float(self.hp[name])
-        return bias
-
-    # ------------------------------------------------------------------ scores
-    @torch.no_grad()
-    def scores(self, examples: Sequence[CharTaskExample]) -> torch.Tensor:
-        """1.0 where greedy decoding of the example's prompt yields exactly its target, else 0.0."""
-        if self.fast:
-            out = [self._fast(examples[i:i + self.batch_size]) for i in range(0, len(examples), self.batch_size)]
-            return torch.cat(out) if out else torch.zeros(0)
-        return torch.tensor([float(exact_match(self.generate(ex), target_of(ex))) for ex in examples])
-
-    def __call__(self, model: nn.Module, batch: Sequence[CharTaskExample]) -> torch.Tensor:
-        """Per-example exact match (the :class:`~litlab.evolution.Fitness` function; ``model`` is ``self.model``)."""
-        return self.scores(batch)
-
-    def mean(self, examples: Sequence[CharTaskExample]) -> float:
-        """Exact match over ``examples``."""
-        return float(self.scores(examples).mean()) if examples else float("nan")
-
-    def _fast(self, examples: Sequence[CharTaskExample]) -> torch.Tensor:
-        model = self.model
-        rows, spans = [], []
-        for ex in examples:
-            prompt_ids, target_ids = model.encode(ex.prompt.encode()), model.encode(target_of(ex).encode())
-            rows.append([model.bos_id, *prompt_ids, *target_ids])
-            spans.append((1 + len(prompt_ids) - 1, target_ids))
-        width = max(len(r) for r in rows)
-        if width > model.hparams.seq_len:
-            raise ConfigError(f"an example needs {width} ids but the model's seq_len is {model.hparams.seq_len}: "
-                              "lower num_shots")
-        key = tuple(ex.prompt + "\0" + target_of(ex) for ex in examples)
-        logits = self._cache.get(key) if self.cache_logits else None
-        if logits is None:
-            ids = torch.full((len(rows), width), model.eos_id, dtype=torch.long)
-            for i, r in enumerate(rows):
-                ids[i, :len(r)] = torch.tensor(r)
-            was_training = model.training
-            model.eval()
-            logits = model.model(*model.inputs_for_ids(ids.to(model.device))).float().cpu()
-            model.train(was_training)
-            if self.cache_logits:
-                self._cache[key] = logits
-        out = torch.zeros(len(rows))
-        for i, (ex, (start, target_ids)) in enumerate(zip(examples, spans, strict=True)):
-            step = logits[i, start:start + len(target_ids) + 1].clone()
-            bias = self.bias(ex.prompt, step.shape[-1])
-            if bias is not None:
-                step += bias
-            step[:, model.bos_id] = float("-inf")
-            chosen = step.argmax(-1).tolist()
-            out[i] = float(chosen[:-1] == target_ids and chosen[-1] in (self.newline_id, model.eos_id))
-        return out
-
-    @torch.no_grad()
-    def generate(self, example: CharTaskExample) -> bytes:
-        """Greedy KV-cached continuation of the example's prompt (with the biases), stopped at a newline."""
-        from litlab.models.generation import Stepper
-
-        model = self.model
-        limit = len(target_of(example).encode()) + self.max_extra_bytes
-        bias: torch.Tensor | None = None
-        was_training = model.training
-        model.eval()
-        stepper = Stepper(model.model, use_cache=True, word_groups=model.hparams.get("word_groups", (1, 2, 4)))
-        logits = stepper.prefill([model.bos_id, *model.encode(example.prompt.encode())])
-        ids: list[int] = []
-        produced = b""
-        while len(produced) < limit:
-            step = logits.detach().float().cpu().clone()
-            if bias is None and not ids:
-                bias = self.bias(example.prompt, step.shape[-1])
-            if bias is not None:
-                step += bias
-            step[model.bos_id] = float("-inf")
-            token = int(step.argmax())
-            if token == model.eos_id:
-                break
-            ids.append(token)
-            produced = model.decode(ids)
-            if len(produced) >= limit or NEWLINE in produced:
-                break
-            logits = stepper.step(token)
-        model.train(was_training)
-        return produced[:limit]
-
-
-def prompt_bytes(prompt: str, name: str) -> bytes:
-    """The bytes a prompt-dependent bias shifts: ``copy_bias``, the question (the prompt's last line);
-    ``answer_bias``, the solved examples' answers (on each earlier line, what follows the last ``"`` and its
-    two-byte separator ``": "`` or ``"? "``: the answer format of :mod:`litlab.evaluation.char_tasks`)."""
-    *shots, question = prompt.split("\n")
-    if name == "copy_bias":
-        return question.encode()
-    return "".join(line.rsplit('"', 1)[-1][2:] for line in shots).encode()
-
-
-def _is_byte_level(model: Any) -> bool:
-    probe = b'Join "a b": ab\n'
-    return len(model.encode(probe)) == len(probe) and model.decode(model.encode(probe)) == probe
 
 
 def _load_documents(config: str | None, max_bytes: int | None) -> list[bytes]:
@@ -441,7 +273,7 @@ def retrofit_examples(
     generation: dict[str, Any] = {}
     if check_generation:
         tic = time.perf_counter()
-        generation["heldout_before"] = float(_generated_exact_match(metric, heldout).mean())
+        generation["heldout_before"] = float(generated_exact_match(metric, heldout).mean())
         generation["seconds"] = time.perf_counter() - tic
     batches = [selection[i:i + metric.batch_size] for i in range(0, len(selection), metric.batch_size)]
     engine = EvolutionEngine(model, search, Fitness(metric), optimizer=optimizer, budget=budget, seed=seed,
@@ -469,7 +301,7 @@ def retrofit_examples(
     }
     if check_generation:
         tic = time.perf_counter()
-        generation["heldout_after"] = float(_generated_exact_match(metric, heldout).mean())
+        generation["heldout_after"] = float(generated_exact_match(metric, heldout).mean())
         generation["seconds"] += time.perf_counter() - tic
         generation["samples"] = [{"target": target_of(ex), "prediction": cut_prediction(metric.generate(ex)).decode(
             errors="replace")} for ex in heldout[:5]]
@@ -482,15 +314,6 @@ def retrofit_examples(
         report["plot"] = str(out / "fitness.png")
     return report
 
-
-def _generated_exact_match(metric: GreedyExactMatch, examples: Sequence[CharTaskExample]) -> torch.Tensor:
-    """Per-example exact match by real cached decoding (whatever ``metric.fast`` says)."""
-    was_fast = metric.fast
-    metric.fast = False
-    try:
-        return metric.scores(examples)
-    finally:
-        metric.fast = was_fast
 
 
 def format_report(report: dict[str, Any]) -> str:
