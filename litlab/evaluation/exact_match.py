@@ -154,37 +154,18 @@ class GreedyExactMatch:
             out[i] = float(chosen[:-1] == target_ids and chosen[-1] in (self.newline_id, model.eos_id))
         return out
 
-    @torch.no_grad()
     def generate(self, example: CharTaskExample) -> bytes:
         """Greedy KV-cached continuation of the example's prompt (with the biases), stopped at a newline."""
-        from litlab.models.generation import Stepper
-
-        model = self.model
         limit = len(target_of(example).encode()) + self.max_extra_bytes
-        bias: torch.Tensor | None = None
-        was_training = model.training
-        model.eval()
-        stepper = Stepper(model.model, use_cache=True, word_groups=model.hparams.get("word_groups", (1, 2, 4)))
-        logits = stepper.prefill([model.bos_id, *model.encode(example.prompt.encode())])
-        ids: list[int] = []
-        produced = b""
-        while len(produced) < limit:
-            step = logits.detach().float().cpu().clone()
-            if bias is None and not ids:
-                bias = self.bias(example.prompt, step.shape[-1])
-            if bias is not None:
-                step += bias
-            step[model.bos_id] = float("-inf")
-            token = int(step.argmax())
-            if token == model.eos_id:
-                break
-            ids.append(token)
-            produced = model.decode(ids)
-            if len(produced) >= limit or NEWLINE in produced:
-                break
-            logits = stepper.step(token)
-        model.train(was_training)
-        return produced[:limit]
+        bias: list[torch.Tensor | None] = []  # computed once, from the first step's vocabulary size
+
+        def add_bias(logits: torch.Tensor) -> torch.Tensor:
+            if not bias:
+                bias.append(self.bias(example.prompt, logits.shape[-1]))
+            return logits if bias[0] is None else logits + bias[0]
+
+        return self.model.generate(example.prompt.encode(), max_new_bytes=limit, logits_hook=add_bias,
+                                   stop_at=NEWLINE)
 
 
 def prompt_bytes(prompt: str, name: str) -> bytes:
