@@ -1,4 +1,4 @@
-# The two commands of the README. Both create .venv when it is missing and install litlab into it.
+# The commands of the README. Each creates .venv when it is missing and installs litlab into it.
 PYTHON ?= $(shell command -v python3.11 || command -v python3)
 VENV ?= .venv
 PY := $(VENV)/bin/python
@@ -25,7 +25,8 @@ bench: install
 	$(PY) benchmarks/train_throughput.py
 
 lint: install
-	$(VENV)/bin/ruff check litlab tests benchmarks
+	$(VENV)/bin/ruff check litlab tests benchmarks configs
+	$(VENV)/bin/lint-imports
 
 clean:
 	rm -rf $(VENV) runs lightning_logs .pytest_cache

@@ -6,7 +6,7 @@ Usage:
 
 Each model is fed real text (CPython's ``pydoc_data.topics``) byte by byte after the prompt — the work of
 greedy generation without the sampling, and with realistic boundaries (random-weight models would generate
-bytes with unrealistic splits). ``cached``: :class:`litlab.models.generation.Stepper` with KV caches (the
+bytes with unrealistic splits). ``cached``: :class:`litlab.models.lm.generation.Stepper` with KV caches (the
 byte stage runs every byte, deeper stages only on their boundaries); ``uncached``: a full forward over the
 window for every byte (what the reference's generator costs per byte, minus its O(length) re-splitting).
 Both run with random weights in float32 on batch 1, in one process, interleaved per repeat.
@@ -25,9 +25,9 @@ import time
 
 import torch
 
-from litlab.models.aunet import AUNet
-from litlab.models.flat_transformer import FlatTransformer
-from litlab.models.generation import Stepper
+from litlab.models.lm.aunet import AUNet
+from litlab.models.lm.flat_transformer import FlatTransformer
+from litlab.models.lm.generation import Stepper
 from litlab.text import encode_bytes
 
 

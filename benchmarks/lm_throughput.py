@@ -58,7 +58,7 @@ SCALE_100M = {
 
 
 def build(name: str, bpe_path: str, scale: str, batch_size: int | None) -> tuple[torch.nn.Module, object]:
-    from litlab.cli import LitlabCLI
+    from litlab.lightning_cli import LitlabCLI
 
     args = ["--config", CONFIGS[name], "--trainer.logger=false"]
     if name == "bpe":
@@ -85,7 +85,7 @@ def main() -> None:
     rounds = args.rounds or (2 if args.quick else 5)
     steps = args.steps or (2 if args.quick else 6)
     if not Path(args.bpe).is_file():
-        from litlab.datamodules.bpe import train_bpe
+        from litlab.datamodules.bpe_training import train_bpe
 
         Path(args.bpe).parent.mkdir(parents=True, exist_ok=True)
         train_bpe(output=args.bpe, vocab_size=2048)

@@ -46,8 +46,8 @@ def run_case(ranks: int, metric: str, budget: int, out: str) -> None:
     import yaml
 
     from litlab.callbacks import EvolutionaryRetrofit
-    from litlab.cli import LitlabTrainer
     from litlab.datamodules import EmbeddedImageDataModule
+    from litlab.lightning_cli import LitlabTrainer
     from litlab.lightning_modules import MoEImageClassifier
 
     logging.getLogger("lightning.pytorch").setLevel(logging.WARNING)

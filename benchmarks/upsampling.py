@@ -29,8 +29,8 @@ import time
 import numpy as np
 import torch
 
-from litlab.models.pooling import pooling_plan
-from litlab.models.upsampling import MultiLinearUpsampling, reference_upsample
+from litlab.models.lm.pooling import pooling_plan
+from litlab.models.lm.upsampling import MultiLinearUpsampling, reference_upsample
 from litlab.text import split_levels
 
 DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16}

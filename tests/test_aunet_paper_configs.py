@@ -11,7 +11,7 @@ import yaml
 
 from litlab.datamodules import TextDataModule
 from litlab.lightning_modules import AUNetLM, TransformerLM
-from litlab.models.lm_accounting import aunet_param_counts, flat_param_counts
+from litlab.models.lm.accounting import aunet_param_counts, flat_param_counts
 
 ROOT = Path(__file__).resolve().parent.parent
 PAPER = sorted((ROOT / "configs" / "aunet" / "paper").glob("*.yaml"))

@@ -10,7 +10,8 @@ from pathlib import Path
 import pytest
 import yaml
 
-from litlab.cli import LitlabCLI, main
+from litlab.cli import main
+from litlab.lightning_cli import LitlabCLI
 
 ROOT = Path(__file__).resolve().parent.parent
 VIT_MOE = str(ROOT / "configs" / "moe" / "vit_tiny_moe.yaml")

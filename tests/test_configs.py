@@ -7,7 +7,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from litlab.cli import LitlabCLI
+from litlab.lightning_cli import LitlabCLI
 
 ROOT = Path(__file__).resolve().parent.parent
 TINY_CONFIGS = sorted((ROOT / "configs" / "moe").glob("*.yaml")) + sorted((ROOT / "configs" / "aunet").glob("*.yaml"))

@@ -5,7 +5,7 @@ parsed by the ``litlab`` CLI's own parser (which resolves and type-checks every 
 trainer, callbacks, model and data sections), then only the model is instantiated, on ``meta``, with the class
 count, image size and channels that the CLI would link from the data section. For every MoE config the whole
 (E, k) grid of the paper is built. Expected parameter counts are written out here, independently of the
-generator and of ``litlab.models.accounting``.
+generator and of ``litlab.models.vision.accounting``.
 """
 
 from __future__ import annotations
@@ -17,9 +17,9 @@ from pathlib import Path
 import pytest
 import torch
 
-from litlab.cli import LitlabCLI
+from litlab.lightning_cli import LitlabCLI
 from litlab.lightning_modules import MoEImageClassifier
-from litlab.models.accounting import count_parameters
+from litlab.models.vision.accounting import count_parameters
 
 ROOT = Path(__file__).resolve().parent.parent
 PAPER = ROOT / "configs" / "moe" / "paper"

@@ -30,8 +30,8 @@ import torch
 import torch.nn.functional as F
 from torch.utils.data import Dataset
 
-from litlab.datamodules.image_base import ImageDataModuleBase, check_choice, check_int
-from litlab.errors import ConfigError, DataError
+from litlab.datamodules.image_base import ImageDataModuleBase
+from litlab.errors import ConfigError, DataError, check_choice, check_int
 
 DATASETS = ("mnist5k", "digits")
 _NATIVE_SIZE = {"mnist5k": 28, "digits": 8}

@@ -30,14 +30,13 @@ from litlab.datamodules.image_base import (
     DecodedImageDataset,
     ImageDataModuleBase,
     ImageRecord,
-    check_int,
 )
 from litlab.datamodules.image_transforms import (
     build_image_transform,
     pil_mode,
     resolve_mean_std,
 )
-from litlab.errors import DataError
+from litlab.errors import DataError, check_int
 
 log = logging.getLogger(__name__)
 

@@ -49,7 +49,6 @@ from litlab.datamodules.image_base import (
     DecodedImageDataset,
     ImageDataModuleBase,
     ImageRecord,
-    check_int,
     decode_image,
 )
 from litlab.datamodules.image_transforms import (
@@ -66,7 +65,7 @@ from litlab.datamodules.shard_index import (
     resolve_shards,
     shard_meta,
 )
-from litlab.errors import ConfigError, DataError
+from litlab.errors import ConfigError, DataError, check_int
 
 log = logging.getLogger(__name__)
 

@@ -38,13 +38,12 @@ import numpy as np
 import webdataset as wds
 from PIL import Image
 
-from litlab.datamodules.image_base import check_int
 from litlab.datamodules.image_folder import (
     check_same_classes,
     list_classes,
     list_images,
 )
-from litlab.errors import ConfigError, DataError
+from litlab.errors import ConfigError, DataError, check_int
 
 log = logging.getLogger(__name__)
 

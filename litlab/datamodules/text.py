@@ -29,7 +29,7 @@ import numpy as np
 from lightning.pytorch.utilities import rank_zero_info
 from torch.utils.data import DataLoader
 
-from litlab.datamodules.image_base import check_choice, check_int, map_loader
+from litlab.datamodules.loaders import map_loader
 from litlab.datamodules.text_corpus import (
     EMBEDDED,
     SPLITS,
@@ -45,7 +45,7 @@ from litlab.datamodules.text_packing import (
     PackedText,
     TokenWindows,
 )
-from litlab.errors import ConfigError
+from litlab.errors import ConfigError, check_choice, check_int
 from litlab.text.splitting import check_word_groups
 
 TOKENIZERS = ("bytes", "bpe")

@@ -6,7 +6,7 @@ A ``source`` is one of
 * a ``.txt`` file (one document: the file's bytes, kept exactly, even when they are not valid UTF-8);
 * a ``.jsonl`` file (one document per non-blank line: the string under ``text_key``; a line that is not a
   JSON object with a string under ``text_key`` is a DataError naming the file and line);
-* a ``.tar`` webdataset shard written by :func:`~litlab.datamodules.text_shards.write_text_shards`
+* a ``.tar`` webdataset shard written by :func:`~litlab.datamodules.text_shard_writer.write_text_shards`
   (one ``<key>.txt`` member per document);
 * a directory: every ``.txt``, ``.jsonl`` and ``.tar`` file under it (recursively, hidden entries skipped),
   in sorted path order;
@@ -30,7 +30,7 @@ in a few milliseconds); the default split (5% val, 5% test, ``split_seed=0``) gi
 documents of 1.96 MB / 81 KB / 48 KB.
 
 :func:`split_documents` is the train/val/test split by document used by the text datamodule and by
-:func:`~litlab.datamodules.bpe.train_bpe`.
+:func:`~litlab.text.bpe.train_bpe`.
 """
 
 from __future__ import annotations
@@ -52,6 +52,7 @@ from collections.abc import Iterator, Sequence
 import braceexpand
 import numpy as np
 
+from litlab.datamodules.text_shards import read_text_shard
 from litlab.errors import ConfigError, DataError
 
 log = logging.getLogger(__name__)
@@ -287,9 +288,6 @@ def read_file(path: str, text_key: str = "text") -> list[bytes]:
     if path.endswith(".jsonl"):
         return read_jsonl(path, text_key)
     if path.endswith(".tar"):
-        # imported here: text_shards imports this module to write shards from any source
-        from litlab.datamodules.text_shards import read_text_shard
-
         return read_text_shard(path)
     return [read_txt(path)]
 

@@ -27,13 +27,13 @@ import numpy as np
 import torch
 from torch.utils.data import Dataset
 
-from litlab.datamodules.bpe import (
+from litlab.errors import DataError
+from litlab.text.bpe import (
     decode_document,
     load_bpe,
     special_ids,
     token_byte_lengths,
 )
-from litlab.errors import DataError
 from litlab.text.byte_vocab import BOS, BYTE_VOCAB_SIZE, EOS
 from litlab.text.splitting import split_token_levels
 
@@ -111,7 +111,7 @@ class BytePacker:
 
 
 class BPEPacker:
-    """Packs documents with a byte-level BPE tokenizer (see :mod:`litlab.datamodules.bpe`).
+    """Packs documents with a byte-level BPE tokenizer (see :mod:`litlab.text.bpe`).
 
     Documents are decoded as UTF-8 with ``errors="replace"`` (an invalid byte becomes U+FFFD, 3 bytes).
 

@@ -1,8 +1,9 @@
-"""Greedy exact match: the non-differentiable fitness of ``litlab retrofit_lm`` (:mod:`litlab.evaluation.lm_retrofit`).
+"""Greedy exact match: a non-differentiable metric of a language model (the fitness of ``litlab retrofit_lm``).
 
 The prediction is the model's greedy continuation of an example's few-shot prompt, cut at the first newline
 (or EOS, at most ``len(target) + max_extra_bytes`` bytes); the score is exact match with the correct answer.
-Decoding hyperparameters (logit biases before the argmax) change what greedy decoding emits.
+An optional ``logit_bias(prompt, vocab_size)`` adds a per-example bias to the logits before the argmax, which
+changes what greedy decoding emits (:mod:`litlab.methods.afterlearner_lm` searches such biases).
 
 Fast exact match: for a byte-level model, greedy decoding reproduces the target iff the (biased) argmax at
 every target position equals the target byte under teacher forcing and the argmax after it is a newline or
@@ -12,7 +13,7 @@ therefore gives exactly the exact match of greedy generation; other tokenizers d
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import Any
 
 import torch
@@ -20,14 +21,9 @@ from torch import nn
 
 from litlab.errors import ConfigError
 from litlab.evaluation.char_tasks import CharTaskExample
-from litlab.evolution import HyperParameters
+from litlab.models.lm.padding import right_pad
 
 NEWLINE = b"\n"
-# Decoding hyperparameter -> the bytes whose logits it shifts (``None``: computed from the prompt, see
-# ``prompt_bytes``: copy_bias, the bytes of the question line; answer_bias, those of the solved answers).
-BIAS_BYTES: dict[str, bytes | None] = {"newline_bias": b"\n", "space_bias": b" ", "quote_bias": b'"',
-                                       "copy_bias": None, "answer_bias": None}
-
 
 
 def target_of(example: CharTaskExample) -> str:
@@ -47,18 +43,13 @@ def exact_match(generated: bytes | str, target: bytes | str) -> bool:
     return cut_prediction(generated) == target
 
 
-
-def decoding_hyperparameters(limit: float = 4.0) -> HyperParameters:
-    """The decoding settings searched with ``space="decoding"``: logit biases in ``[-limit, limit]``, default 0."""
-    return HyperParameters({name: (0.0, -limit, limit) for name in BIAS_BYTES})
-
-
 class GreedyExactMatch:
     """Exact match of (biased) greedy decoding on char-task examples: the fitness and the held-out metric.
 
     Args:
         model: A :class:`~litlab.lightning_modules.language_model.LanguageModel`.
-        hyperparameters: The decoding biases read at every evaluation (``None``: no bias).
+        logit_bias: ``logit_bias(prompt, vocab_size)`` -> a ``[vocab_size]`` float32 bias added to the next-id
+            logits of that example's every step, or ``None`` for no bias; read at every evaluation.
         max_extra_bytes: Bytes generated beyond the target's length (>= 1: room for the newline).
         fast: Teacher-forced exact match (byte-level models; ``None``: whenever the model is byte-level).
         batch_size: Examples per forward pass on the fast path.
@@ -69,7 +60,7 @@ class GreedyExactMatch:
     def __init__(
         self,
         model: Any,
-        hyperparameters: HyperParameters | None = None,
+        logit_bias: Callable[[str, int], torch.Tensor | None] | None = None,
         max_extra_bytes: int = 4,
         fast: bool | None = None,
         batch_size: int = 32,
@@ -78,7 +69,7 @@ class GreedyExactMatch:
         if not isinstance(max_extra_bytes, int) or max_extra_bytes < 1:
             raise ConfigError(f"max_extra_bytes={max_extra_bytes!r} is not allowed: must be an integer >= 1")
         self.model = model
-        self.hp = hyperparameters
+        self.logit_bias = logit_bias
         self.max_extra_bytes = max_extra_bytes
         self.byte_level = is_byte_level(model)
         if fast and not self.byte_level:
@@ -89,21 +80,10 @@ class GreedyExactMatch:
         self._cache: dict[tuple[str, ...], torch.Tensor] = {}
         self.newline_id = model.encode(NEWLINE)[0] if self.byte_level else None
 
-    # ------------------------------------------------------------------ biases
     def bias(self, prompt: str, vocab_size: int) -> torch.Tensor | None:
-        """The logit bias of one example (``[vocab_size]`` float32), or ``None`` when all biases are 0."""
-        if self.hp is None or all(self.hp[name] == 0.0 for name in BIAS_BYTES if name in self.hp.defaults):
-            return None
-        bias = torch.zeros(vocab_size)
-        for name, chars in BIAS_BYTES.items():
-            if name not in self.hp.defaults or self.hp[name] == 0.0:
-                continue
-            chars = prompt_bytes(prompt, name) if chars is None else chars
-            ids = sorted({i for c in chars for i in self.model.encode(bytes([c]))})
-            bias[ids] += float(self.hp[name])
-        return bias
+        """The logit bias of one example, or ``None``."""
+        return None if self.logit_bias is None else self.logit_bias(prompt, vocab_size)
 
-    # ------------------------------------------------------------------ scores
     @torch.no_grad()
     def scores(self, examples: Sequence[CharTaskExample]) -> torch.Tensor:
         """1.0 where greedy decoding of the example's prompt yields exactly its target, else 0.0."""
@@ -134,9 +114,7 @@ class GreedyExactMatch:
         key = tuple(ex.prompt + "\0" + target_of(ex) for ex in examples)
         logits = self._cache.get(key) if self.cache_logits else None
         if logits is None:
-            ids = torch.full((len(rows), width), model.eos_id, dtype=torch.long)
-            for i, r in enumerate(rows):
-                ids[i, :len(r)] = torch.tensor(r)
+            ids = right_pad(rows, model.eos_id)
             was_training = model.training
             model.eval()
             logits = model.model(*model.inputs_for_ids(ids.to(model.device))).float().cpu()
@@ -166,16 +144,6 @@ class GreedyExactMatch:
 
         return self.model.generate(example.prompt.encode(), max_new_bytes=limit, logits_hook=add_bias,
                                    stop_at=NEWLINE)
-
-
-def prompt_bytes(prompt: str, name: str) -> bytes:
-    """The bytes a prompt-dependent bias shifts: ``copy_bias``, the question (the prompt's last line);
-    ``answer_bias``, the solved examples' answers (on each earlier line, what follows the last ``"`` and its
-    two-byte separator ``": "`` or ``"? "``: the answer format of :mod:`litlab.evaluation.char_tasks`)."""
-    *shots, question = prompt.split("\n")
-    if name == "copy_bias":
-        return question.encode()
-    return "".join(line.rsplit('"', 1)[-1][2:] for line in shots).encode()
 
 
 def is_byte_level(model: Any) -> bool:

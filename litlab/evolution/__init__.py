@@ -30,10 +30,10 @@ from litlab.evolution.fitness import Fitness, FitnessValue
 from litlab.evolution.hyperparameters import HyperParameters
 from litlab.evolution.index_space import IndexSpace
 from litlab.evolution.optimizer import make_optimizer, optimizer_names
+from litlab.evolution.parameter_filter import ParameterFilter
 from litlab.evolution.parameter_space import ParameterSpace
 from litlab.evolution.report import EvolutionResult
 from litlab.evolution.search_space import SearchSpace, SpacePart
-from litlab.evolution.selection import Selector
 from litlab.evolution.subspace import SubspaceSpace
 
 __all__ = [
@@ -43,9 +43,9 @@ __all__ = [
     "FitnessValue",
     "HyperParameters",
     "IndexSpace",
+    "ParameterFilter",
     "ParameterSpace",
     "SearchSpace",
-    "Selector",
     "SpacePart",
     "SubspaceSpace",
     "best_of_runs_bits",

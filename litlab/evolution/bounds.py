@@ -1,4 +1,5 @@
-"""Generalization bounds of a seeded evolutionary run (AfterLearnER §5, BBoxER §6 of METHODS.md).
+"""Generalization bounds of a seeded evolutionary run (AfterLearnER, arXiv 2410.11330; BBoxER,
+arXiv 2507.01752).
 
 With the optimizer's seed fixed before seeing the data, the run's output is a function of what the
 optimizer was told. If step ``i`` can end in ``K_i`` distinguishable outcomes, the run returns one of at most
@@ -7,10 +8,10 @@ independent selection examples and a union bound over those models give, with pr
 
     L_test ≤ L_sel + sqrt((bits · ln 2 + ln(2/δ)) / (2n))
 
-This formula reproduces the worked numbers of METHODS §6 (n = 7473, δ = 0.05, one bit per step: b = 100 →
+This formula reproduces the worked numbers of the BBoxER paper (n = 7473, δ = 0.05, one bit per step: b = 100 →
 0.070, 300 → 0.119, 1200 → 0.236: 0.0699 / 0.1190 / 0.2364). The one-sided ``ln(1/δ)`` rounds to the same
 three decimals (0.0696 / 0.1188 / 0.2363); dropping the δ term does not (0.068 / 0.118 / 0.236). The
-two-sided ``ln(2/δ)`` is kept, as METHODS states it.
+two-sided ``ln(2/δ)`` is kept, as the paper states it.
 
 Outcomes per step, as the engine counts them (``λ`` candidates told together):
 

@@ -310,11 +310,11 @@ class EvolutionEngine:
     # ------------------------------------------------------------------ results and state
 
     def result(self) -> EvolutionResult:
-        """The run so far (anytime): best candidate, scores, history, bits and bound."""
+        """The run so far (anytime): best candidate, scores, history, bits and generalization gap."""
         if self._best_value is None or self.selection_before is None:
             raise RuntimeError("no candidate has been evaluated yet")
         n = self.num_examples
-        bound = None if self.bits is None or not n else generalization_gap(self.bits, n, self.delta)
+        gap = None if self.bits is None or not n else generalization_gap(self.bits, n, self.delta)
         return EvolutionResult(
             best=self._best_value,
             best_json=self.space.to_jsonable(self._best_value),
@@ -329,7 +329,7 @@ class EvolutionEngine:
             bits=self.bits,
             num_examples=n,
             delta=self.delta,
-            bound=bound,
+            generalization_gap=gap,
             optimizer=self.optimizer_name,
             feedback=self.feedback,
             budget=self.budget,

@@ -52,7 +52,7 @@ class HyperParameters(SpacePart):
             raise ConfigError(f"log_scale names {unknown} are not hyperparameters; known: {sorted(specs)}")
         self.log_scale = log_scale
         self.defaults: dict[str, float | np.ndarray] = {}
-        self.bounds: dict[str, tuple[np.ndarray, np.ndarray]] = {}
+        self.limits: dict[str, tuple[np.ndarray, np.ndarray]] = {}
         for name, spec in specs.items():
             self._add(name, spec)
         self._current: dict[str, float | np.ndarray] = self.identity()
@@ -77,7 +77,7 @@ class HyperParameters(SpacePart):
         if name in self.log_scale and not (lower > 0).all():
             raise ConfigError(f"specs[{name!r}]={spec!r}: a log_scale hyperparameter needs positive bounds")
         self.defaults[name] = float(default) if default.ndim == 0 else default
-        self.bounds[name] = (lower, upper)
+        self.limits[name] = (lower, upper)
 
     @property
     def dimension(self) -> int:
@@ -91,7 +91,7 @@ class HyperParameters(SpacePart):
             size = np.size(default)
             ui = u[start:start + size].reshape(np.shape(default))
             start += size
-            lower, upper = self.bounds[name]
+            lower, upper = self.limits[name]
             if name in self.log_scale:  # bounce in log space, like ng.p.Log
                 step = np.log(upper / lower) / 6
                 value = np.exp(bounce(np.log(default) + step * ui, np.log(lower), np.log(upper)))
@@ -104,7 +104,7 @@ class HyperParameters(SpacePart):
     def encode(self, value: Mapping[str, Any]) -> np.ndarray:
         parts = []
         for name, default in self.defaults.items():
-            lower, upper = self.bounds[name]
+            lower, upper = self.limits[name]
             v = np.asarray(value[name], dtype=np.float64)
             if name in self.log_scale:
                 parts.append((np.log(v) - np.log(default)) / (np.log(upper / lower) / 6))
@@ -140,7 +140,7 @@ class HyperParameters(SpacePart):
         return {
             **super().describe(),
             "defaults": self.to_jsonable(self.defaults),
-            "lower": {name: bounds[0].tolist() for name, bounds in self.bounds.items()},
-            "upper": {name: bounds[1].tolist() for name, bounds in self.bounds.items()},
+            "lower": {name: limits[0].tolist() for name, limits in self.limits.items()},
+            "upper": {name: limits[1].tolist() for name, limits in self.limits.items()},
             "log_scale": list(self.log_scale),
         }

@@ -16,8 +16,8 @@ back, so restoring is bitwise exact and the memory cost is the touched tensors, 
 :meth:`~ModelPart.session` (the engine's loop) the copies are made once and reused by every evaluation, which
 saves one pass over the touched entries per evaluation; they are dropped when the session ends.
 
-The optimizer searches ``u = x / scale`` (standard-normal coordinates); with ``bound`` the decoded ``x`` is
-reflected once at ``±bound`` and clipped, as nevergrad's ``"bouncing"`` bounds do.
+The optimizer searches ``u = x / scale`` (standard-normal coordinates); with ``box`` the decoded ``x`` is
+reflected once at ``±box`` and clipped, as nevergrad's ``"bouncing"`` bounds do.
 """
 
 from __future__ import annotations
@@ -31,8 +31,8 @@ import torch
 from torch import nn
 
 from litlab.errors import ConfigError
+from litlab.evolution.parameter_filter import ModuleType, ParameterFilter
 from litlab.evolution.search_space import SpacePart
-from litlab.evolution.selection import ModuleType, Selector
 
 MODES = ("multiplicative", "additive")
 GRANULARITIES = ("tensor", "channel", "entry")
@@ -45,13 +45,13 @@ class ModelPart(SpacePart):
 
     Args:
         model: The model whose parameters are selected.
-        select: Glob pattern(s) on parameter names (see :mod:`litlab.evolution.selection`).
+        select: Glob pattern(s) on parameter names (see :mod:`litlab.evolution.parameter_filter`).
         regex: Regular expression searched in parameter names.
         module_type: Module class(es) or class name(s) whose direct parameters are selected.
         mode: ``"multiplicative"`` (``W·exp(x)``) or ``"additive"`` (``W + x``).
         scale: Initial mutation size of ``x`` (nevergrad's sigma): about the relative change per step for the
             multiplicative mode, an absolute change for the additive one.
-        bound: If given, ``x`` stays in ``[-bound, bound]`` (nevergrad's bouncing bounds).
+        box: If given, ``x`` stays in the box ``[-box, box]`` (nevergrad's bouncing bounds).
     """
 
     def __init__(
@@ -62,29 +62,29 @@ class ModelPart(SpacePart):
         module_type: ModuleType | list[ModuleType] | None = None,
         mode: str = "multiplicative",
         scale: float = 0.01,
-        bound: float | None = None,
+        box: float | None = None,
     ) -> None:
         if mode not in MODES:
             raise ConfigError(f"mode must be one of {MODES}, got {mode!r}")
         if not (isinstance(scale, int | float) and np.isfinite(scale) and scale > 0):
             raise ConfigError(f"scale must be a positive finite number, got {scale!r}")
-        if bound is not None and not (isinstance(bound, int | float) and np.isfinite(bound) and bound > 0):
-            raise ConfigError(f"bound must be a positive finite number or None, got {bound!r}")
-        self.selector = Selector(
+        if box is not None and not (isinstance(box, int | float) and np.isfinite(box) and box > 0):
+            raise ConfigError(f"box must be a positive finite number or None, got {box!r}")
+        self.parameter_filter = ParameterFilter(
             select=tuple(select) if isinstance(select, list | tuple) else select,
             regex=regex,
             module_type=tuple(module_type) if isinstance(module_type, list | tuple) else module_type,
         )
-        self.named = self.selector.resolve(model)
+        self.named = self.parameter_filter.resolve(model)
         for name, param in self.named:
             if not param.dtype.is_floating_point:
                 raise ConfigError(
-                    f"{self.selector.describe()} selects {name!r} of dtype {param.dtype}; "
+                    f"{self.parameter_filter.describe()} selects {name!r} of dtype {param.dtype}; "
                     "only floating-point tensors can be perturbed"
                 )
         self.mode = mode
         self.scale = float(scale)
-        self.bound = None if bound is None else float(bound)
+        self.box = None if box is None else float(box)
         self._backup: dict[int, torch.Tensor] | None = None  # originals kept by a session
         self._dirty: set[int] = set()  # tensors holding a session-backed candidate, not yet restored
 
@@ -96,7 +96,7 @@ class ModelPart(SpacePart):
 
     def decode(self, u: np.ndarray) -> np.ndarray:
         x = self.scale * np.asarray(u, dtype=np.float64)
-        return x if self.bound is None else bounce(x, -self.bound, self.bound)
+        return x if self.box is None else bounce(x, -self.box, self.box)
 
     def encode(self, value: Any) -> np.ndarray:
         return self._check_value(value) / self.scale
@@ -159,10 +159,10 @@ class ModelPart(SpacePart):
     def describe(self) -> dict[str, Any]:
         return {
             **super().describe(),
-            "selector": self.selector.describe(),
+            "parameter_filter": self.parameter_filter.describe(),
             "mode": self.mode,
             "scale": self.scale,
-            "bound": self.bound,
+            "box": self.box,
             "tensors": [name for name, _ in self.named],
             "entries": sum(param.numel() for _, param in self.named),
         }
@@ -181,7 +181,7 @@ class ParameterSpace(ModelPart):
         granularity: ``"tensor"`` (one scalar per tensor), ``"channel"`` (one per index of dim 0) or
             ``"entry"`` (one per entry).
         scale: Initial mutation size of ``x`` (nevergrad's sigma).
-        bound: If given, ``x`` stays in ``[-bound, bound]``.
+        box: If given, ``x`` stays in the box ``[-box, box]``.
     """
 
     def __init__(
@@ -193,10 +193,10 @@ class ParameterSpace(ModelPart):
         mode: str = "multiplicative",
         granularity: str = "tensor",
         scale: float = 0.01,
-        bound: float | None = None,
+        box: float | None = None,
     ) -> None:
         super().__init__(model, select=select, regex=regex, module_type=module_type, mode=mode, scale=scale,
-                         bound=bound)
+                         box=box)
         if granularity not in GRANULARITIES:
             raise ConfigError(f"granularity must be one of {GRANULARITIES}, got {granularity!r}")
         self.granularity = granularity

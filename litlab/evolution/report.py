@@ -1,4 +1,4 @@
-"""`EvolutionResult`: what a run found, its scores before and after, its history and its bound.
+"""`EvolutionResult`: what a run found, its scores before and after, its history and its generalization gap.
 
 ``to_json`` writes the report (every field, candidates as lists) and ``plot`` a PNG of the fitness curve
 (matplotlib's Agg backend, no display needed). Both write on rank 0 only and return ``None`` elsewhere.
@@ -24,7 +24,7 @@ class EvolutionResult:
     evaluation: ``index``, ``step``, ``fitness`` (None for NaN), ``best`` (best fitness so far) and ``nan``.
     ``best`` is the best candidate as the space takes it (``space.apply(result.best)``), ``best_json`` the
     same as JSON-compatible objects (per tensor for a ``ParameterSpace``). ``bits`` is ``Σ log2 K_i`` for the
-    feedback used, ``bound`` the generalization gap
+    feedback used, ``generalization_gap`` the bound on the gap between test and selection score
     ``sqrt((bits·ln2 + ln(2/δ)) / (2n))`` (None when ``n`` is unknown).
     """
 
@@ -41,7 +41,7 @@ class EvolutionResult:
     bits: float | None
     num_examples: int | None
     delta: float
-    bound: float | None
+    generalization_gap: float | None
     optimizer: str
     feedback: str
     budget: int
@@ -94,8 +94,8 @@ class EvolutionResult:
         ax.axhline(self.selection_before, color="gray", linestyle="--", linewidth=1, label="identity")
         ax.set_xlabel("evaluation")
         ax.set_ylabel(f"selection fitness ({self.mode} is better)".replace("max", "higher").replace("min", "lower"))
-        bound = "" if self.bound is None else f", gap bound {self.bound:.3f} ({self.bits:.0f} bits)"
-        ax.set_title(f"{self.optimizer}, {self.feedback} feedback{bound}", fontsize=10)
+        gap = "" if self.generalization_gap is None else f", gap bound {self.generalization_gap:.3f} ({self.bits:.0f} bits)"
+        ax.set_title(f"{self.optimizer}, {self.feedback} feedback{gap}", fontsize=10)
         ax.legend(fontsize=8)
         fig.tight_layout()
         path = Path(path)

@@ -32,8 +32,8 @@ import torch
 from torch import nn
 
 from litlab.errors import ConfigError
+from litlab.evolution.parameter_filter import ModuleType
 from litlab.evolution.parameter_space import ModelPart, Saved
-from litlab.evolution.selection import ModuleType
 
 BLOCK_ELEMENTS = 2**20
 """At most this many entries of ``P`` (or codes) are generated at once."""
@@ -52,7 +52,7 @@ class SubspaceSpace(ModelPart):
         mode: ``"multiplicative"`` (``W·exp(P·z)``) or ``"additive"`` (``W + P·z``).
         projection: ``"sparse"`` (one ``±1`` per row of ``P``) or ``"gaussian"`` (dense ``N(0, 1/k)``).
         scale: Initial mutation size of ``z`` (nevergrad's sigma).
-        bound: If given, each coordinate of ``z`` stays in ``[-bound, bound]``.
+        box: If given, each coordinate of ``z`` stays in the box ``[-box, box]``.
         seed: Seed of the projection ``P``.
         max_cache_mb: Gaussian projection only: keep ``P`` in memory when it takes at most this many MiB
             (float32); otherwise regenerate it block by block at every evaluation.
@@ -68,12 +68,12 @@ class SubspaceSpace(ModelPart):
         mode: str = "multiplicative",
         projection: str = "sparse",
         scale: float = 0.01,
-        bound: float | None = None,
+        box: float | None = None,
         seed: int = 0,
         max_cache_mb: float = 64.0,
     ) -> None:
         super().__init__(model, select=select, regex=regex, module_type=module_type, mode=mode, scale=scale,
-                         bound=bound)
+                         box=box)
         if not isinstance(dim, int) or isinstance(dim, bool) or dim < 1:
             raise ConfigError(f"dim must be a positive integer, got {dim!r}")
         if projection not in PROJECTIONS:

@@ -1,6 +1,6 @@
 """`AUNetLM`: the autoregressive U-Net over raw bytes (AU-Net 2/3/4; one stage is the flat byte Transformer).
 
-The network is :class:`litlab.models.aunet.AUNet`; this module adds what :class:`LanguageModel` shares (loss,
+The network is :class:`litlab.models.lm.aunet.AUNet`; this module adds what :class:`LanguageModel` shares (loss,
 bits per byte, AdamW + warmup/cosine, throughput logging, scoring) plus the byte encoding and the split levels
 that tell each pooling stage where words and word groups end (:mod:`litlab.text.splitting`).
 """
@@ -15,7 +15,7 @@ from torch import nn
 
 from litlab.errors import ConfigError
 from litlab.lightning_modules.language_model import LanguageModel
-from litlab.models.aunet import AUNet
+from litlab.models.lm.aunet import AUNet
 from litlab.text.byte_vocab import BOS, BYTE_VOCAB_SIZE, EOS, decode_bytes
 from litlab.text.splitting import split_token_levels
 

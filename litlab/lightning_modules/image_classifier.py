@@ -1,6 +1,6 @@
 """`MoEImageClassifier`: a timm ViT or ConvNeXt, dense or with mixture-of-experts MLPs, trained with Lightning.
 
-The model itself is built by :func:`litlab.models.vision.create_model` (pure PyTorch); this module adds the
+The model itself is built by :func:`litlab.models.vision.surgery.create_model` (pure PyTorch); this module adds the
 loss (cross-entropy with label smoothing, or BCE as in DeiT III), the MoE auxiliary losses, mixup/cutmix,
 top-1/top-5 metrics, AdamW or LAMB with warmup + cosine, and logging of router statistics per MoE layer.
 An exponential moving average of the weights is Lightning's ``EMAWeightAveraging`` callback (see the configs).
@@ -20,9 +20,9 @@ from torchmetrics.classification import MulticlassAccuracy
 
 from litlab.errors import ConfigError
 from litlab.lightning_modules.schedule import warmup_cosine
-from litlab.models.accounting import summarize
 from litlab.models.moe import collect_aux_loss, moe_layers
-from litlab.models.vision import create_model
+from litlab.models.vision.accounting import summarize
+from litlab.models.vision.surgery import create_model
 
 
 class MoEImageClassifier(LightningModule):

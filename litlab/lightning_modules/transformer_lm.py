@@ -14,7 +14,7 @@ from torch import nn
 
 from litlab.errors import ConfigError
 from litlab.lightning_modules.language_model import LanguageModel
-from litlab.models.flat_transformer import FlatTransformer
+from litlab.models.lm.flat_transformer import FlatTransformer
 from litlab.text.byte_vocab import BOS, BYTE_VOCAB_SIZE, EOS, decode_bytes
 
 
@@ -96,7 +96,7 @@ class TransformerLM(LanguageModel):
     # ------------------------------------------------------------------ tokens
     @cached_property
     def _bpe(self) -> Any:
-        from litlab.datamodules.bpe import load_bpe
+        from litlab.text.bpe import load_bpe
 
         if self.hparams.tokenizer_path is None:
             raise ConfigError("tokenizer='bpe' needs tokenizer_path (the tokenizers JSON written by litlab train_bpe)")

@@ -1,8 +1,10 @@
-"""Pure-PyTorch models (no Lightning): MoE vision surgery, AU-Net and its flat Transformer baseline."""
+"""Pure-PyTorch models (no Lightning).
 
-from litlab.models import isotropic_convnext  # noqa: F401  (registers the timm names convnext_isotropic_*)
-from litlab.models.aunet import AUNet
-from litlab.models.flat_transformer import FlatTransformer
-from litlab.models.generation import Stepper, generate
+* :mod:`litlab.models.moe`: the mixture-of-experts layer (router, experts, dispatch, balancing losses).
+* :mod:`litlab.models.vision`: MoE surgery on timm ViT and ConvNeXt models, placement, the isotropic ConvNeXt,
+  parameter and FLOP accounting.
+* :mod:`litlab.models.lm`: causal language models: Transformer blocks, the flat Transformer, AU-Net (pooling,
+  multi-linear upsampling, local attention), KV-cached generation, FLOP accounting.
+"""
 
-__all__ = ["AUNet", "FlatTransformer", "Stepper", "generate"]
+from litlab.models import vision  # noqa: F401  (registers the timm names convnext_isotropic_*)

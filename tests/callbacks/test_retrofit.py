@@ -21,12 +21,13 @@ from torch import nn
 from torch.utils.data import DataLoader, TensorDataset
 
 from litlab.callbacks import EvolutionaryRetrofit
-from litlab.callbacks.retrofit_data import split_indices, subset_loader
+from litlab.callbacks.evolution_data import subset_loader
 from litlab.callbacks.retrofit_metrics import macro_f1
-from litlab.cli import LitlabTrainer
 from litlab.datamodules import EmbeddedImageDataModule
 from litlab.errors import ConfigError
 from litlab.evolution import HyperParameters, generalization_gap, shard
+from litlab.evolution.split import fraction_split
+from litlab.lightning_cli import LitlabTrainer
 from litlab.lightning_modules import MoEImageClassifier
 
 TINY_VIT = {"model_name": "test_vit", "num_classes": 10, "img_size": 8, "in_chans": 1, "num_experts": 4,
@@ -80,22 +81,22 @@ def test_runs_after_fit_and_changes_only_the_selected_tensor(fitted):
 def test_report_plot_weights_and_logged_metrics(fitted):
     retrofit, module = fitted["retrofit"], fitted["module"]
     report = json.loads(Path(retrofit.paths["report"]).read_text())
-    for key in ("selection_before", "selection_after", "heldout_before", "heldout_after", "bits", "bound",
+    for key in ("selection_before", "selection_after", "heldout_before", "heldout_after", "bits", "generalization_gap",
                 "nan_count", "history", "best"):
         assert key in report
     val_size = len(fitted["datamodule"].val_dataset)
     assert report["selection_size"] + report["heldout_size"] == val_size
     assert report["num_examples"] == report["selection_size"] == round(val_size * 0.5)
     assert report["bits"] == 29  # comparison feedback, (1+1): one bit per evaluation after the identity
-    assert report["bound"] == pytest.approx(generalization_gap(29, report["num_examples"], 0.05))
+    assert report["generalization_gap"] == pytest.approx(generalization_gap(29, report["num_examples"], 0.05))
     assert report["kept"] is True and report["metric"] == "macro_f1" and len(report["history"]) == 30
     assert Path(retrofit.paths["plot"]).stat().st_size > 1000
     loaded = MoEImageClassifier.load_from_checkpoint(retrofit.paths["weights"])
     for name, value in module.state_dict().items():
         assert torch.equal(loaded.state_dict()[name], value), name
     with open(fitted["trainer"].logger.experiment.metrics_file_path) as f:
-        rows = [row for row in csv.DictReader(f) if row.get("retrofit/bound")]
-    assert len(rows) == 1 and float(rows[0]["retrofit/bound"]) == pytest.approx(report["bound"])
+        rows = [row for row in csv.DictReader(f) if row.get("retrofit/generalization_gap")]
+    assert len(rows) == 1 and float(rows[0]["retrofit/generalization_gap"]) == pytest.approx(report["generalization_gap"])
     assert float(rows[0]["retrofit/selection_after"]) == pytest.approx(report["selection_after"])
 
 
@@ -119,19 +120,19 @@ def test_retrofit_subcommand_method_on_the_trained_checkpoint_matches_the_fit(fi
 
 
 def test_selection_and_heldout_are_disjoint_deterministic_and_shard_without_padding():
-    selection, heldout = split_indices(101, 0.3, seed=4)
+    selection, heldout = fraction_split(101, 0.3, seed=4)
     assert len(selection) == 30 and len(heldout) == 71
     assert not set(selection) & set(heldout) and sorted({*selection, *heldout}) == list(range(101))
-    again = split_indices(101, 0.3, seed=4)
+    again = fraction_split(101, 0.3, seed=4)
     assert np.array_equal(again[0], selection) and np.array_equal(again[1], heldout)
-    assert not np.array_equal(split_indices(101, 0.3, seed=5)[0], selection)
+    assert not np.array_equal(fraction_split(101, 0.3, seed=5)[0], selection)
     shards = [shard(selection.tolist(), rank, 4) for rank in range(4)]
     assert sorted(i for part in shards for i in part) == selection.tolist()  # every example once, none repeated
     assert {len(part) for part in shards} <= {7, 8}
     loader = DataLoader(TensorDataset(torch.arange(101)), batch_size=8)
     assert torch.cat([b[0] for b in subset_loader(loader, selection, distributed=False)]).tolist() == selection.tolist()
     with pytest.raises(ConfigError, match="selection_fraction"):
-        split_indices(3, 0.1, seed=0)
+        fraction_split(3, 0.1, seed=0)
 
 
 def test_macro_f1_matches_scikit_learn():
@@ -223,7 +224,7 @@ def retrofit_run(module: LightningModule, data: LightningDataModule, tmp_path: P
 def test_safeguard_restores_the_trained_model_when_the_heldout_score_drops(tmp_path):
     """Selection examples are labelled 0 and held-out ones 1: what helps selection hurts held-out."""
     n = 40
-    selection, _ = split_indices(n, 0.5, seed=0)
+    selection, _ = fraction_split(n, 0.5, seed=0)
     y = torch.ones(n, dtype=torch.long)
     y[torch.from_numpy(selection)] = 0
     data = Data(torch.zeros(n, 4), y)

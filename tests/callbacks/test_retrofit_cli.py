@@ -12,7 +12,8 @@ from pathlib import Path
 import pytest
 import torch
 
-from litlab.cli import LitlabCLI, main
+from litlab.cli import main
+from litlab.lightning_cli import LitlabCLI
 
 ROOT = Path(__file__).resolve().parents[2]
 RETROFIT_CONFIG = ROOT / "configs" / "retrofit" / "vit_tiny_moe_retrofit.yaml"

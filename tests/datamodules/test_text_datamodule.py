@@ -10,11 +10,12 @@ import pytest
 import torch
 from torch.utils.data import DataLoader, DistributedSampler, IterableDataset
 
-from litlab.datamodules.bpe import load_bpe, train_bpe
-from litlab.datamodules.image_base import EpochSeededDataLoader
+from litlab.datamodules.bpe_training import train_bpe
+from litlab.datamodules.loaders import EpochSeededDataLoader
 from litlab.datamodules.text import TextDataModule
 from litlab.datamodules.text_corpus import read_documents
 from litlab.errors import ConfigError, DataError
+from litlab.text.bpe import load_bpe
 from litlab.text.byte_vocab import BOS, EOS
 
 WORDS = ["the", "data", "module", "packs", "windows", "of", "bytes", "\u00fcber", "na\u00efve", "\u65e5\u672c", "42,"]

@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 import torch
 
-from litlab.datamodules.bpe import special_ids, train_bpe
+from litlab.datamodules.bpe_training import train_bpe
 from litlab.datamodules.text_packing import (
     BPEPacker,
     BytePacker,
@@ -16,6 +16,7 @@ from litlab.datamodules.text_packing import (
     pack_flat,
 )
 from litlab.errors import DataError
+from litlab.text.bpe import special_ids
 from litlab.text.byte_vocab import BOS, EOS
 from litlab.text.splitting import split_token_levels
 

@@ -12,7 +12,8 @@ import webdataset as wds
 
 from litlab.datamodules.text import TextDataModule
 from litlab.datamodules.text_corpus import read_documents
-from litlab.datamodules.text_shards import read_text_shard, write_text_shards
+from litlab.datamodules.text_shard_writer import write_text_shards
+from litlab.datamodules.text_shards import read_text_shard
 from litlab.errors import ConfigError, DataError
 
 from .test_text_datamodule import write_text_corpus

@@ -15,7 +15,7 @@ from litlab.evolution import (
 
 @pytest.mark.parametrize(("bits", "gap"), [(100, 0.070), (300, 0.119), (1200, 0.236)])
 def test_methods_worked_numbers(bits, gap):
-    # METHODS §6: n = 7473 (GSM8K train), delta = 0.05, one bit per step
+    # BBoxER (arXiv 2507.01752): n = 7473 (GSM8K train), delta = 0.05, one bit per step
     assert round(generalization_gap(bits, 7473, 0.05), 3) == gap
 
 
@@ -25,7 +25,7 @@ def test_bits_per_step():
     assert comparison_bits(3) == pytest.approx(math.log2(24))
     assert value_bits(2, 7473) == pytest.approx(2 * math.log2(7474))
     assert best_of_runs_bits(4) == 2.0
-    # full ranking of 10 candidates per step is vacuous by 1200 steps (METHODS §6)
+    # full ranking of 10 candidates per step is vacuous by 1200 steps (arXiv 2507.01752)
     assert generalization_gap(1200 * comparison_bits(9), 7473) > 1
 
 

@@ -70,7 +70,7 @@ def test_bits_and_bound():
     comparison = make_engine(feedback="comparison", budget=21).run(data)
     assert comparison.bits == pytest.approx(20.0)  # one bit per step after the identity
     assert comparison.num_examples == 128
-    assert comparison.bound == pytest.approx(np.sqrt((20 * np.log(2) + np.log(2 / 0.05)) / 256))
+    assert comparison.generalization_gap == pytest.approx(np.sqrt((20 * np.log(2) + np.log(2 / 0.05)) / 256))
     value = make_engine(feedback="value", budget=21).run(data)
     assert value.bits == pytest.approx(21 * np.log2(129))
     population = make_engine(feedback="comparison", budget=7, num_workers=3).run(data)
@@ -116,7 +116,7 @@ def test_heldout_report_json_and_png(tmp_path):
     report = json.loads(result.to_json(tmp_path / "report.json").read_text())
     assert report["best"]["hp"]["temperature"] == result.best["hp"]["temperature"]
     assert set(report["best"]["norms"]) == {"blocks.0.norm.weight", "blocks.1.norm.weight"}
-    assert report["bound"] == result.bound and len(report["history"]) == 12
+    assert report["generalization_gap"] == result.generalization_gap and len(report["history"]) == 12
     png = result.plot(tmp_path / "fitness.png")
     assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
 

@@ -111,11 +111,11 @@ def test_session_reuses_originals_and_stays_exact():
 
 
 def test_decode_scales_and_bounces():
-    part = ParameterSpace(tiny_model(), select="head.weight", scale=0.1, bound=0.25)
+    part = ParameterSpace(tiny_model(), select="head.weight", scale=0.1, box=0.25)
     assert part.decode(np.array([1.0])).tolist() == pytest.approx([0.1])
     assert part.decode(np.array([3.0])).tolist() == pytest.approx([0.2])  # 0.3 bounces back to 0.2
     assert part.decode(np.array([-4.0])).tolist() == pytest.approx([-0.1])
-    assert part.decode(np.array([-9.0])).tolist() == pytest.approx([0.25])  # nevergrad's quirk: the other bound
+    assert part.decode(np.array([-9.0])).tolist() == pytest.approx([0.25])  # nevergrad's quirk: the other side of the box
     assert part.encode(np.array([0.2])).tolist() == pytest.approx([2.0])
 
 

@@ -169,7 +169,7 @@ def test_data_window_longer_than_the_model_is_refused(tmp_path):
 
 
 def test_compute_rule_sets_the_learning_rate(tmp_path):
-    from litlab.models.lm_accounting import compute_hparams
+    from litlab.models.lm.accounting import compute_hparams
 
     model = AUNetLM(**TINY_AUNET, compute_budget=1e15)
     trainer = _trainer(tmp_path, max_steps=1)
@@ -196,7 +196,7 @@ def test_generate_cached_equals_uncached_and_respects_the_limit(kind, bpe_file):
 
 
 def test_generate_command_loads_the_checkpoint_class(tmp_path, capsys):
-    from litlab.lightning_modules.generate import generate_text
+    from litlab.methods.generate import generate_text
 
     L.seed_everything(0)
     model = AUNetLM(**TINY_AUNET)

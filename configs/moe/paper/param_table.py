@@ -6,7 +6,7 @@
 Each YAML file is parsed by the ``litlab`` CLI's parser (nothing is instantiated, so the placeholder data paths
 need not exist), its model is built on the ``meta`` device with the class count the data section gives
 (1000 for the ImageNet-1k folder, ``num_classes`` of the ImageNet-21k shards), and
-:func:`litlab.models.accounting.summarize` counts total and activated parameters and forward FLOPs per
+:func:`litlab.models.vision.accounting.summarize` counts total and activated parameters and forward FLOPs per
 224x224 image (multiply-add = 2 FLOPs; divide by 2 for the "GMACs" most vision papers call FLOPs).
 """
 
@@ -25,7 +25,7 @@ GRID_K = (1, 2)
 
 
 def _parser():
-    from litlab.cli import LitlabCLI
+    from litlab.lightning_cli import LitlabCLI
 
     class ParseOnly(LitlabCLI):
         def instantiate_classes(self) -> None:

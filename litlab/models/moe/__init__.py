@@ -1,4 +1,4 @@
-"""Mixture-of-experts layers for image classifiers (METHODS.md §1).
+"""Mixture-of-experts layers for image classifiers (arXiv 2411.18322).
 
 ``MoE`` (layer.py) ties together the routers (router.py), the stacked expert MLPs (experts.py), the sort-based
 dispatch with grouped matmuls (dispatch.py) and the auxiliary losses (balancing.py).
