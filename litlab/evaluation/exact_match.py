@@ -52,7 +52,7 @@ class GreedyExactMatch:
             logits of that example's every step, or ``None`` for no bias; read at every evaluation.
         max_extra_bytes: Bytes generated beyond the target's length (>= 1: room for the newline).
         fast: Teacher-forced exact match (byte-level models; ``None``: whenever the model is byte-level).
-        batch_size: Examples per forward pass on the fast path.
+        batch_size: Examples per forward pass (fast path) or per generated batch.
         cache_logits: Keep the fast path's teacher-forced logits per batch of examples and reuse them: only for
             searches that leave the model unchanged (decoding biases alone), which then cost one forward pass.
     """
@@ -90,7 +90,11 @@ class GreedyExactMatch:
         if self.fast:
             out = [self._fast(examples[i:i + self.batch_size]) for i in range(0, len(examples), self.batch_size)]
             return torch.cat(out) if out else torch.zeros(0)
-        return torch.tensor([float(exact_match(self.generate(ex), target_of(ex))) for ex in examples])
+        out = []
+        for start in range(0, len(examples), self.batch_size):
+            chunk = examples[start:start + self.batch_size]
+            out += [float(exact_match(g, target_of(ex))) for g, ex in zip(self.generate_many(chunk), chunk, strict=True)]
+        return torch.tensor(out)
 
     def __call__(self, model: nn.Module, batch: Sequence[CharTaskExample]) -> torch.Tensor:
         """Per-example exact match (the :class:`~litlab.evolution.Fitness` function; ``model`` is ``self.model``)."""
@@ -133,17 +137,29 @@ class GreedyExactMatch:
         return out
 
     def generate(self, example: CharTaskExample) -> bytes:
-        """Greedy KV-cached continuation of the example's prompt (with the biases), stopped at a newline."""
-        limit = len(target_of(example).encode()) + self.max_extra_bytes
-        bias: list[torch.Tensor | None] = []  # computed once, from the first step's vocabulary size
+        """Greedy KV-cached continuation of the example's prompt (with its bias), stopped at a newline."""
+        return self.generate_many([example])[0]
+
+    def generate_many(self, examples: Sequence[CharTaskExample]) -> list[bytes]:
+        """Greedy continuations of the examples' prompts in one batch (each with its own bias), stopped at a newline.
+
+        The byte limit is the batch's longest target + ``max_extra_bytes``; exact match is the same as with each
+        example's own limit (a continuation that runs past its own limit without a newline is wrong either way).
+        """
+        if not examples:
+            return []
+        limit = max(len(target_of(ex).encode()) for ex in examples) + self.max_extra_bytes
+        bias: list[torch.Tensor | None] = []  # [rows, vocab], computed once from the first step's logits
 
         def add_bias(logits: torch.Tensor) -> torch.Tensor:
             if not bias:
-                bias.append(self.bias(example.prompt, logits.shape[-1]))
+                rows = [self.bias(ex.prompt, logits.shape[-1]) for ex in examples]
+                bias.append(None if all(b is None for b in rows) else torch.stack(
+                    [torch.zeros(logits.shape[-1]) if b is None else b for b in rows]).to(logits.device))
             return logits if bias[0] is None else logits + bias[0]
 
-        return self.model.generate(example.prompt.encode(), max_new_bytes=limit, logits_hook=add_bias,
-                                   stop_at=NEWLINE)
+        return self.model.generate_batch([ex.prompt.encode() for ex in examples], max_new_bytes=limit,
+                                         stop=(NEWLINE,), logits_hook=add_bias)
 
 
 def is_byte_level(model: Any) -> bool:

@@ -15,6 +15,8 @@ from torch import nn
 from litlab.errors import ConfigError
 from litlab.lightning_modules.language_model import LanguageModel
 from litlab.models.lm.flat_transformer import FlatTransformer
+from litlab.models.lm.generation import Decoder
+from litlab.models.lm.ragged import RaggedDecoder
 from litlab.text.byte_vocab import BOS, BYTE_VOCAB_SIZE, EOS, decode_bytes
 
 
@@ -122,3 +124,9 @@ class TransformerLM(LanguageModel):
 
     def flops_per_byte(self) -> float:
         return float(self.model.flops_per_token(self.hparams.seq_len)) / self.hparams.bytes_per_token
+
+    def decoder(self, use_cache: bool = True) -> Decoder:
+        """The whole batch in one KV cache (:class:`RaggedDecoder`) when the attention is full causal."""
+        if use_cache and self.model.trunk.window is None:
+            return RaggedDecoder(self.model, pad_id=self.eos_id)
+        return super().decoder(use_cache)

@@ -25,15 +25,13 @@ from dataclasses import dataclass, field
 from torch import Tensor, nn
 
 from litlab.errors import ConfigError
+from litlab.models.lm.checks import check_lm_inputs, check_lm_scalars, check_stack_args
 from litlab.models.lm.kv_cache import StackCache
 from litlab.models.lm.pooling import Pooling, PoolingPlan, pooling_plan
 from litlab.models.lm.transformer import (
     ATTENTION_IMPLS,
     RMSNorm,
     TransformerStack,
-    check_lm_inputs,
-    check_lm_scalars,
-    check_stack_args,
     init_trunc_normal_,
 )
 from litlab.models.lm.upsampling import UPSAMPLING_IMPLS, MultiLinearUpsampling

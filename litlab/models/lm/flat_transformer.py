@@ -10,13 +10,11 @@ from __future__ import annotations
 from torch import Tensor, nn
 
 from litlab.errors import ConfigError
+from litlab.models.lm.checks import check_lm_inputs, check_lm_scalars, check_stack_args
 from litlab.models.lm.kv_cache import StackCache
 from litlab.models.lm.transformer import (
     RMSNorm,
     TransformerStack,
-    check_lm_inputs,
-    check_lm_scalars,
-    check_stack_args,
     init_trunc_normal_,
 )
 
@@ -82,13 +80,28 @@ class FlatTransformer(nn.Module):
         """An empty KV cache for cached decoding (capacity ``max_length``)."""
         return self.trunk.new_cache()
 
-    def forward(self, input_ids: Tensor, cache: StackCache | None = None) -> Tensor:
+    def forward(
+        self,
+        input_ids: Tensor | None,
+        cache: StackCache | None = None,
+        positions: Tensor | None = None,
+        mask: Tensor | None = None,
+        inputs_embeds: Tensor | None = None,
+    ) -> Tensor:
         """Next-token logits ``[B, T, vocab_size]`` for ``input_ids [B, T]`` (``T ≤ max_length``).
 
-        With ``cache``, the positions are appended to it (prefill or one decoding step).
+        With ``cache``, the positions are appended to it (prefill or one decoding step); ragged batches also give
+        ``positions`` and ``mask`` (see :meth:`TransformerStack.forward`). ``inputs_embeds [B, T, dim]`` replaces
+        the embedding of ``input_ids`` (soft inputs: pass ``input_ids=None``).
         """
-        check_lm_inputs(input_ids, self.max_length, self.vocab_size, self.check_values)
-        return self.output(self.norm(self.trunk(self.embedding(input_ids), cache)))
+        if inputs_embeds is None:
+            if input_ids is None:
+                raise ConfigError("give input_ids or inputs_embeds")
+            check_lm_inputs(input_ids, self.max_length, self.vocab_size, self.check_values)
+            inputs_embeds = self.embedding(input_ids)
+        elif inputs_embeds.dim() != 3 or inputs_embeds.shape[-1] != self.dim:
+            raise ConfigError(f"inputs_embeds must be [batch, seq_len, {self.dim}], got {tuple(inputs_embeds.shape)}")
+        return self.output(self.norm(self.trunk(inputs_embeds, cache, positions, mask)))
 
     def num_params(self, non_embedding: bool = False) -> int:
         """Parameters; ``non_embedding`` leaves out the input embedding and the output head."""

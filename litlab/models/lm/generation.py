@@ -30,6 +30,7 @@ Batch size 1 (one stream): which stages run depends on that stream's bytes.
 from __future__ import annotations
 
 from collections.abc import Callable, Sequence
+from typing import Protocol
 
 import torch
 from torch import Tensor
@@ -38,10 +39,11 @@ from litlab.errors import ConfigError
 from litlab.models.lm.aunet import AUNet, AUNetCache
 from litlab.models.lm.flat_transformer import FlatTransformer
 from litlab.models.lm.kv_cache import StackCache
+from litlab.models.lm.sampling import check_sampling, sample_tokens
 from litlab.text.byte_vocab import BOS, BYTE_VOCAB_SIZE, EOS, encode_bytes
 from litlab.text.splitting import StreamingSplitter
 
-__all__ = ["Stepper", "WindowFull", "check_sampling", "decode_ids", "generate", "sample_next"]
+__all__ = ["Decoder", "Stepper", "StepperDecoder", "WindowFull", "decode_batch", "generate"]
 
 ON_FULL = ("slide", "stop")
 
@@ -205,51 +207,6 @@ class Stepper:
         return model.output(model.norm(out))[0, -1]
 
 
-def check_sampling(temperature: float, top_k: int | None, top_p: float | None) -> None:
-    """Validate the sampling options (ConfigError naming the bad one)."""
-    if not temperature >= 0:
-        raise ConfigError(f"temperature={temperature!r} is not allowed: expected ≥ 0 (0 = greedy)")
-    if top_k is not None and (not isinstance(top_k, int) or top_k < 1):
-        raise ConfigError(f"top_k={top_k!r} is not allowed: expected a positive integer or None")
-    if top_p is not None and not 0 < top_p <= 1:
-        raise ConfigError(f"top_p={top_p!r} is not allowed: expected 0 < top_p ≤ 1 or None")
-
-
-def sample_next(
-    logits: Tensor,
-    temperature: float = 0.0,
-    top_k: int | None = None,
-    top_p: float | None = None,
-    generator: torch.Generator | None = None,
-    banned: Sequence[int] = (),
-) -> int:
-    """Pick the next id from ``logits [vocab]``: greedy when ``temperature <= 0``, else sample.
-
-    Args:
-        logits: Next-id logits.
-        temperature: Softmax temperature; 0 = greedy (argmax).
-        top_k: Keep only the k most likely ids.
-        top_p: Keep the smallest set of most likely ids whose probability reaches ``top_p`` (nucleus).
-        generator: Random generator (seed it for reproducible samples).
-        banned: Ids never produced (e.g. BOS).
-    """
-    check_sampling(temperature, top_k, top_p)
-    logits = logits.detach().float().cpu().clone()
-    if banned:
-        logits[list(banned)] = float("-inf")
-    if temperature <= 0:
-        return int(logits.argmax())
-    logits = logits / temperature
-    if top_k is not None:
-        kth = torch.topk(logits, min(top_k, logits.numel())).values[-1]
-        logits = logits.masked_fill(logits < kth, float("-inf"))
-    if top_p is not None and top_p < 1.0:
-        probs, order = logits.softmax(-1).sort(descending=True)
-        drop = probs.cumsum(-1) - probs >= top_p  # ids after the nucleus is complete (the first one always stays)
-        logits[order[drop]] = float("-inf")
-    return int(torch.multinomial(logits.softmax(-1), 1, generator=generator))
-
-
 def generate(
     model: AUNet | FlatTransformer,
     prompt: bytes | str,
@@ -287,18 +244,68 @@ def generate(
     was_training = model.training
     model.eval()
     try:
-        stepper = Stepper(model, use_cache=use_cache, word_groups=word_groups, on_full=on_full)
-        out = decode_ids(stepper, encode_bytes(prompt, bos=True, eos=False).tolist(), max_new_bytes, eos_id=EOS,
-                         banned=(BOS,), temperature=temperature, top_k=top_k, top_p=top_p,
-                         generator=torch.Generator().manual_seed(seed))
-        return bytes(out)
+        decoder = StepperDecoder(model, use_cache=use_cache, word_groups=word_groups, on_full=on_full)
+        out = decode_batch(decoder, [encode_bytes(prompt, bos=True, eos=False).tolist()], max_new_bytes, eos_id=EOS,
+                           banned=(BOS,), temperature=temperature, top_k=top_k, top_p=top_p,
+                           generators=[torch.Generator().manual_seed(seed)])
+        return bytes(out[0])
     finally:
         model.train(was_training)
 
 
-def decode_ids(
-    stepper: Stepper,
-    prompt_ids: Sequence[int],
+class Decoder(Protocol):
+    """What :func:`decode_batch` drives: next-id logits for a batch of sequences, one id more per step.
+
+    Implementations: :class:`StepperDecoder` (one :class:`Stepper` per sequence: AU-Net, or any model without
+    ragged batching), :class:`~litlab.models.lm.ragged.RaggedDecoder` (a flat Transformer, the whole batch in
+    one KV cache with per-row positions and padding masks) and the Hugging Face decoder of ``HFCausalLM``.
+    """
+
+    def prefill(self, rows: Sequence[Sequence[int]], prefix: Sequence[int] | None = None) -> Tensor:
+        """Start one sequence per row (``prefix + row``); returns the next-id logits ``[len(rows), vocab]``."""
+        ...
+
+    def step(self, tokens: Tensor) -> Tensor:
+        """Append ``tokens [N]`` (one id per sequence); returns the next-id logits ``[N, vocab]``."""
+        ...
+
+    def room(self) -> int | None:
+        """Steps left before a sequence's window is full and cannot slide (``None``: no limit)."""
+        ...
+
+
+class StepperDecoder:
+    """One :class:`Stepper` per sequence (batch of streams decoded side by side, each with its own cache).
+
+    Args:
+        model: An :class:`~litlab.models.lm.aunet.AUNet` or a :class:`~litlab.models.lm.flat_transformer.FlatTransformer`.
+        use_cache: Cached decoding (False: a full forward over the window at every step).
+        word_groups: Splitting word groups of the AU-Net levels.
+        on_full: ``"slide"`` or ``"stop"`` when a window is full (see :class:`Stepper`).
+    """
+
+    def __init__(self, model: AUNet | FlatTransformer, use_cache: bool = True,
+                 word_groups: Sequence[int] = (1, 2, 4), on_full: str = "slide") -> None:
+        self.model, self.use_cache, self.word_groups, self.on_full = model, use_cache, word_groups, on_full
+        self.steppers: list[Stepper] = []
+
+    def prefill(self, rows: Sequence[Sequence[int]], prefix: Sequence[int] | None = None) -> Tensor:
+        self.steppers = [Stepper(self.model, self.use_cache, self.word_groups, self.on_full) for _ in rows]
+        head = list(prefix or [])
+        return torch.stack([s.prefill([*head, *row]) for s, row in zip(self.steppers, rows, strict=True)])
+
+    def step(self, tokens: Tensor) -> Tensor:
+        return torch.stack([s.step(int(t)) for s, t in zip(self.steppers, tokens.tolist(), strict=True)])
+
+    def room(self) -> int | None:
+        if self.on_full == "slide" or not self.steppers:
+            return None
+        return min(s.window - len(s.window_ids) for s in self.steppers)
+
+
+def decode_batch(
+    decoder: Decoder,
+    rows: Sequence[Sequence[int]],
     max_new_tokens: int,
     *,
     eos_id: int,
@@ -306,45 +313,54 @@ def decode_ids(
     temperature: float = 0.0,
     top_k: int | None = None,
     top_p: float | None = None,
-    generator: torch.Generator | None = None,
+    generators: Sequence[torch.Generator | None] | None = None,
     logits_hook: Callable[[Tensor], Tensor] | None = None,
-    stop: Callable[[list[int]], bool] | None = None,
-) -> list[int]:
-    """The decoding loop of litlab's language models: prefill the prompt, then pick an id, append it, step.
+    stop: Callable[[int, list[int]], bool] | None = None,
+    prefix: Sequence[int] | None = None,
+) -> list[list[int]]:
+    """The decoding loop of every litlab language model: prefill, then pick one id per sequence and step.
 
-    Stops at ``eos_id`` (not returned), after ``max_new_tokens`` ids, when ``stop(ids)`` is true after an id was
-    appended, or when the window is full and the stepper was built with ``on_full="stop"``.
+    A sequence ends at ``eos_id`` (not returned), after ``max_new_tokens`` ids, or when ``stop(row, ids)`` is true
+    after an id was appended; the loop ends when every sequence has ended or the decoder has no room left.
 
     Args:
-        stepper: A fresh :class:`Stepper` (cached or not) over the model.
-        prompt_ids: Ids to prefill (BOS first).
-        max_new_tokens: Most ids generated.
+        decoder: The model's :class:`Decoder`.
+        rows: The prompt ids of each sequence (after ``prefix``).
+        max_new_tokens: Most ids generated per sequence.
         eos_id: The end-of-sequence id.
         banned: Ids never produced (e.g. BOS).
         temperature: 0 = greedy, else the sampling temperature.
         top_k: Keep the k most likely ids (``None``: all).
         top_p: Nucleus sampling mass (``None``: off).
-        generator: Random generator of the sampling.
-        logits_hook: Applied to each step's next-id logits (float32, CPU) before sampling, e.g. logit biases.
-        stop: ``stop(ids generated so far) -> bool``, checked after each new id (e.g. a stop string).
+        generators: One random generator per sequence (:func:`~litlab.models.lm.sampling.sample_tokens`).
+        logits_hook: Applied to each step's next-id logits ``[N, vocab]`` (float32, the model's device) before
+            picking, e.g. logit biases.
+        stop: ``stop(row, ids generated so far) -> bool``, checked after each new id (e.g. stop strings).
+        prefix: Ids shared by every sequence before its row (BOS first), computed once where the decoder can.
 
     Returns:
-        The generated ids.
+        The generated ids of each sequence.
     """
-    logits = stepper.prefill(prompt_ids)
-    out: list[int] = []
-    while len(out) < max_new_tokens:
-        step = logits.float().cpu()
+    check_sampling(temperature, top_k, top_p)
+    if not rows:
+        return []
+    logits = decoder.prefill(rows, prefix)
+    out: list[list[int]] = [[] for _ in rows]
+    done = [max_new_tokens <= 0] * len(rows)
+    while not all(done):
+        step = logits.float()
         if logits_hook is not None:
             step = logits_hook(step)
-        token = sample_next(step, temperature, top_k, top_p, generator, banned=banned)
-        if token == eos_id:
+        tokens = sample_tokens(step, temperature, top_k, top_p, generators, banned)
+        for row, token in enumerate(tokens.tolist()):
+            if done[row]:
+                continue
+            if token == eos_id:
+                done[row] = True
+                continue
+            out[row].append(token)
+            done[row] = len(out[row]) >= max_new_tokens or (stop is not None and stop(row, out[row]))
+        if all(done) or decoder.room() == 0:
             break
-        out.append(token)
-        if len(out) == max_new_tokens or (stop is not None and stop(out)):
-            break
-        try:
-            logits = stepper.step(token)
-        except WindowFull:
-            break
+        logits = decoder.step(tokens)
     return out

@@ -41,6 +41,7 @@ from torch.nn.attention.flex_attention import (
 )
 
 from litlab.errors import ConfigError
+from litlab.models.lm.checks import ATTENTION_IMPLS, check_stack_args
 from litlab.models.lm.kv_cache import KVCache, StackCache
 from litlab.models.lm.local_attention import (
     LocalWindow,
@@ -57,15 +58,10 @@ __all__ = [
     "RotaryEmbedding",
     "TransformerStack",
     "apply_rotary",
-    "check_lm_inputs",
-    "check_lm_scalars",
-    "check_stack_args",
     "ffn_hidden_dim",
     "init_trunc_normal_",
     "window_mask",
 ]
-
-ATTENTION_IMPLS = ("sdpa", "flex")
 
 # What a block's attention receives as its mask: "causal" (SDPA's is_causal), a boolean tensor (True = may
 # attend), a flex BlockMask, a LocalWindow (block-local sliding window) or None (every key given is visible:
@@ -95,74 +91,6 @@ def window_mask(q_positions: Tensor, k_positions: Tensor, window: int | None) ->
     return allowed
 
 
-def check_stack_args(
-    *,
-    dim: int,
-    layers: int,
-    heads: int,
-    max_length: int,
-    window: int | None,
-    attention: str,
-    suffix: str = "",
-) -> None:
-    """Validate one stack's arguments; ``suffix`` (e.g. ``"[1]"``) locates the value inside a per-stage list."""
-
-    def bad(name: str, value: object, allowed: str) -> ConfigError:
-        return ConfigError(f"{name}{suffix}={value!r} is not allowed: expected {allowed}")
-
-    for name, value in (("dims" if suffix else "dim", dim), ("layers", layers), ("heads", heads)):
-        if not isinstance(value, int) or isinstance(value, bool) or value < 1:
-            raise bad(name, value, "a positive integer")
-    if not isinstance(max_length, int) or isinstance(max_length, bool) or max_length < 1:
-        raise bad("max_lengths" if suffix else "max_length", max_length, "a positive integer")
-    if window is not None and (not isinstance(window, int) or isinstance(window, bool) or window < 1):
-        raise bad("windows" if suffix else "window", window, "a positive integer or None")
-    dim_name = f"dims{suffix}" if suffix else "dim"
-    if dim % heads != 0:
-        raise bad("heads", heads, f"a divisor of {dim_name}={dim}")
-    if (dim // heads) % 2 != 0:
-        raise bad("heads", heads, f"an even head_dim for RoPE ({dim_name}={dim} / heads gives {dim / heads})")
-    if attention not in ATTENTION_IMPLS:
-        raise ConfigError(f"attention={attention!r} is not allowed: expected one of {ATTENTION_IMPLS}")
-
-
-def check_lm_scalars(
-    vocab_size: int,
-    rope_theta: float,
-    ffn_multiple_of: int,
-    ffn_multiplier: float | None,
-    norm_eps: float,
-    init_std: float | None,
-) -> None:
-    """Shared validation of the scalar arguments of the language models."""
-    if not isinstance(vocab_size, int) or vocab_size < 1:
-        raise ConfigError(f"vocab_size={vocab_size!r} is not allowed: expected a positive integer")
-    if not rope_theta > 0:
-        raise ConfigError(f"rope_theta={rope_theta!r} is not allowed: expected a positive number")
-    if not isinstance(ffn_multiple_of, int) or ffn_multiple_of < 1:
-        raise ConfigError(f"ffn_multiple_of={ffn_multiple_of!r} is not allowed: expected a positive integer")
-    if ffn_multiplier is not None and not ffn_multiplier > 0:
-        raise ConfigError(f"ffn_multiplier={ffn_multiplier!r} is not allowed: expected a positive number or None")
-    if not norm_eps > 0:
-        raise ConfigError(f"norm_eps={norm_eps!r} is not allowed: expected a positive number")
-    if init_std is not None and not init_std > 0:
-        raise ConfigError(f"init_std={init_std!r} is not allowed: expected a positive number or None")
-
-
-def check_lm_inputs(input_ids: Tensor, max_length: int, vocab_size: int, check_values: bool) -> None:
-    """Shape checks (free) and, when asked and not compiling, value checks (a host sync) of ``input_ids``."""
-    if input_ids.dim() != 2:
-        raise ConfigError(f"input_ids must be [batch, seq_len], got shape {tuple(input_ids.shape)}")
-    if input_ids.shape[1] > max_length:
-        raise ConfigError(f"input_ids has seq_len={input_ids.shape[1]} > the model's max length {max_length}")
-    if input_ids.dtype.is_floating_point or input_ids.dtype == torch.bool:
-        raise ConfigError(f"input_ids must hold integer ids, got dtype {input_ids.dtype}")
-    if check_values and not torch.compiler.is_compiling() and input_ids.numel() > 0:
-        low, high = int(input_ids.min()), int(input_ids.max())
-        if low < 0 or high >= vocab_size:
-            raise ConfigError(f"input_ids must lie in [0, {vocab_size}), got values in [{low}, {high}]")
-
-
 class RMSNorm(nn.Module):
     """Root-mean-square norm with a learned scale, computed in float32 and cast back to the input's dtype.
 
@@ -185,13 +113,14 @@ class RMSNorm(nn.Module):
 
 
 def apply_rotary(x: Tensor, cos: Tensor, sin: Tensor) -> Tensor:
-    """Rotate adjacent channel pairs ``(x[2i], x[2i+1])`` of ``x [B, L, H, D]`` by the angles of ``cos/sin [L, D/2]``.
+    """Rotate adjacent channel pairs ``(x[2i], x[2i+1])`` of ``x [B, L, H, D]`` by the angles of ``cos/sin``
+    (``[L, D/2]`` shared by the batch, or ``[B, L, D/2]`` per row).
 
     Computed in float32 and cast back to ``x``'s dtype.
     """
     pairs = x.float().unflatten(-1, (-1, 2))
     x0, x1 = pairs[..., 0], pairs[..., 1]
-    cos, sin = cos[:, None, :], sin[:, None, :]
+    cos, sin = cos.unsqueeze(-2), sin.unsqueeze(-2)
     out = torch.stack((x0 * cos - x1 * sin, x0 * sin + x1 * cos), dim=-1)
     return out.flatten(-2).type_as(x)
 
@@ -216,6 +145,10 @@ class RotaryEmbedding(nn.Module):
     def forward(self, length: int, offset: int = 0) -> tuple[Tensor, Tensor]:
         """``(cos, sin)``, each ``[length, head_dim/2]``, for positions ``offset..offset+length-1``."""
         return self.cos[offset : offset + length], self.sin[offset : offset + length]
+
+    def at(self, positions: Tensor) -> tuple[Tensor, Tensor]:
+        """``(cos, sin)`` of arbitrary ``positions`` (e.g. ``[B, L]`` per row): shape ``[*positions.shape, head_dim/2]``."""
+        return self.cos[positions], self.sin[positions]
 
 
 class Attention(nn.Module):
@@ -414,15 +347,25 @@ class TransformerStack(nn.Module):
         q_pos = torch.arange(offset, offset + length, device=device)
         return window_mask(q_pos, torch.arange(first, offset + length, device=device), self.window)
 
-    def forward(self, x: Tensor, cache: StackCache | None = None) -> Tensor:
-        """Run ``x [B, L, dim]`` (``L ≤ max_length``) through the blocks; with ``cache``, append to it."""
+    def forward(
+        self, x: Tensor, cache: StackCache | None = None, positions: Tensor | None = None, mask: Tensor | None = None
+    ) -> Tensor:
+        """Run ``x [B, L, dim]`` (``L ≤ max_length``) through the blocks; with ``cache``, append to it.
+
+        Ragged batches (:mod:`litlab.models.lm.ragged`) give each row's ``positions [B, L]`` (the rotary angles)
+        and the boolean attention ``mask [B, 1, L, cache length + L]`` (True: may attend) of the new slots.
+        """
         length = x.shape[1]
         offset = 0 if cache is None else cache.length
         if offset + length > self.max_length:
             raise ConfigError(
                 f"sequence length {offset + length} exceeds this stage's max_length={self.max_length}"
             )
-        cos, sin = self.rope(length, offset)
+        cos, sin = self.rope(length, offset) if positions is None else self.rope.at(positions)
+        if mask is not None and cache is not None:
+            for block, layer_cache in zip(self.layers, cache.layers, strict=True):
+                x = block(x, cos, sin, mask, layer_cache)
+            return x
         if cache is None:
             mask = self._training_mask(length, x.device)
             for block in self.layers:

@@ -94,3 +94,13 @@ def test_windowed_attention_flops_follow_the_band() -> None:
     # mean keys per query: full causal 1024/2; window 256: 256·(2048 - 256)/(2·1024)
     assert band["attention"] / full["attention"] == pytest.approx(256 * (2048 - 256) / 1024**2)
     assert band["linear"] == full["linear"]
+
+
+@pytest.mark.gpu
+def test_cuda_forward_equals_the_cpu_forward():
+    torch.manual_seed(0)
+    model = FlatTransformer(dim=64, layers=2, heads=4, vocab_size=300, max_length=64, ffn_multiple_of=16)
+    ids = torch.randint(0, 300, (2, 48))
+    expected = model(ids)
+    got = model.cuda()(ids.cuda()).cpu()
+    torch.testing.assert_close(got, expected, atol=1e-4, rtol=1e-4)

@@ -9,7 +9,8 @@ import torch
 from litlab.errors import ConfigError
 from litlab.models.lm.aunet import AUNet
 from litlab.models.lm.flat_transformer import FlatTransformer
-from litlab.models.lm.generation import Stepper, generate, sample_next
+from litlab.models.lm.generation import Stepper, generate
+from litlab.models.lm.sampling import sample_next
 from litlab.text import BOS, EOS, encode_bytes, split_token_levels
 
 TEXT = (
