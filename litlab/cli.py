@@ -7,6 +7,7 @@
 - ``litlab write_shards <ImageFolder root> <output dir>``: write webdataset shards (ImageNet layout)
 - ``litlab write_text_shards <corpus> <output dir>``, ``litlab train_bpe --output bpe.json``: text data
 - ``litlab generate --ckpt_path ... --prompt "..."``: sample from a trained AU-Net or Transformer LM
+- ``litlab export_hf --ckpt ... --out dir``: a trained TransformerLM as a Hugging Face Llama directory
 - ``litlab compare_lms``: AU-Net 2/3 vs the BPE and flat-byte baselines at equal training FLOPs
 - ``litlab demo``: the end-to-end demonstration of ``make demo``
 
@@ -27,12 +28,13 @@ from litlab.lightning_cli import LitlabCLI
 TOOLS = {
     "write_shards": "litlab.datamodules.shard_writer:write_image_shards",
     "write_text_shards": "litlab.datamodules.text_shard_writer:write_text_shards",
-    "train_bpe": "litlab.text.bpe:train_bpe",
+    "train_bpe": "litlab.datamodules.bpe_training:train_bpe",
     "compare_lms": "litlab.methods.compare_lms:compare_language_models",
     "generate": "litlab.methods.generate:generate_text",
     "show_splits": "litlab.text.boundaries:show_splits",
     "demo": "litlab.methods.demo:run_demo",
     "retrofit_lm": "litlab.methods.afterlearner_lm:retrofit_language_model",
+    "export_hf": "litlab.methods.export_hf:export_hf",
 }
 
 

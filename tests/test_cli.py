@@ -5,12 +5,13 @@ from __future__ import annotations
 import os
 import subprocess
 import sys
+from importlib import import_module
 from pathlib import Path
 
 import pytest
 import yaml
 
-from litlab.cli import main
+from litlab.cli import TOOLS, main
 from litlab.lightning_cli import LitlabCLI
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -132,3 +133,13 @@ def test_text_config_errors_name_the_argument(tmp_path):
     result = litlab("fit", "--config", AUNET2, "--model.init_args.pooled_lengths=[96, 48]", cwd=tmp_path)
     assert result.returncode == 2
     assert "pooled_lengths" in result.stderr
+
+
+@pytest.mark.parametrize("name", sorted(TOOLS))
+def test_every_tool_resolves_and_prints_its_help(name, capsys):
+    module, function = TOOLS[name].split(":")
+    assert callable(getattr(import_module(module), function))
+    with pytest.raises(SystemExit) as exit_info:
+        main([name, "--help"])
+    assert exit_info.value.code in (0, None)
+    assert f"litlab {name}" in capsys.readouterr().out

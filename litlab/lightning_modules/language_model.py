@@ -247,6 +247,15 @@ class LanguageModel(LightningModule):
         self.train(was_training)
         return torch.tensor(out)
 
+    def embed(self, ids: torch.Tensor) -> torch.Tensor:
+        """Input embeddings ``[B, T, dim]`` of ``ids [B, T]`` (the soft-input space of :meth:`logits_from_embeds`)."""
+        raise ConfigError(f"{type(self).__name__} takes no soft inputs (its network reads ids)")
+
+    def logits_from_embeds(self, embeds: torch.Tensor) -> torch.Tensor:
+        """Next-token logits ``[B, T, vocab]`` for input embeddings ``[B, T, dim]`` (soft, e.g. relaxed tokens);
+        ``logits_from_embeds(embed(ids))`` equals the logits of ``ids``."""
+        raise ConfigError(f"{type(self).__name__} takes no soft inputs (its network reads ids)")
+
     def decoder(self, use_cache: bool = True) -> Decoder:
         """A fresh decoder of the network for :meth:`generate_batch` (one :class:`Stepper` per sequence here;
         models that can decode a ragged batch in one cache override it)."""

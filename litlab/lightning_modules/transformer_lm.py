@@ -8,8 +8,9 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from functools import cached_property
-from typing import Any, Literal
+from typing import Literal
 
+import torch
 from torch import nn
 
 from litlab.errors import ConfigError
@@ -17,7 +18,8 @@ from litlab.lightning_modules.language_model import LanguageModel
 from litlab.models.lm.flat_transformer import FlatTransformer
 from litlab.models.lm.generation import Decoder
 from litlab.models.lm.ragged import RaggedDecoder
-from litlab.text.byte_vocab import BOS, BYTE_VOCAB_SIZE, EOS, decode_bytes
+from litlab.text.byte_vocab import BYTE_VOCAB_SIZE
+from litlab.text.tokenizers import BPETokenizer, ByteTokenizer
 
 
 class TransformerLM(LanguageModel):
@@ -97,33 +99,36 @@ class TransformerLM(LanguageModel):
 
     # ------------------------------------------------------------------ tokens
     @cached_property
-    def _bpe(self) -> Any:
-        from litlab.text.bpe import load_bpe
-
+    def tokenizer(self) -> ByteTokenizer | BPETokenizer:
+        """The model's tokenizer (:mod:`litlab.text.tokenizers`)."""
+        if self.hparams.tokenizer == "bytes":
+            return ByteTokenizer()
         if self.hparams.tokenizer_path is None:
             raise ConfigError("tokenizer='bpe' needs tokenizer_path (the tokenizers JSON written by litlab train_bpe)")
-        return load_bpe(self.hparams.tokenizer_path)
+        return BPETokenizer(self.hparams.tokenizer_path)
 
     @property
     def bos_id(self) -> int:
-        return BOS if self.hparams.tokenizer == "bytes" else self._bpe.token_to_id("<bos>")
+        return self.tokenizer.bos_id
 
     @property
     def eos_id(self) -> int:
-        return EOS if self.hparams.tokenizer == "bytes" else self._bpe.token_to_id("<eos>")
+        return self.tokenizer.eos_id
 
     def encode(self, data: bytes) -> list[int]:
-        if self.hparams.tokenizer == "bytes":
-            return list(data)
-        return self._bpe.encode(data.decode("utf-8", errors="replace"), add_special_tokens=False).ids
+        return self.tokenizer.encode(data)
 
     def decode(self, ids: Sequence[int]) -> bytes:
-        if self.hparams.tokenizer == "bytes":
-            return decode_bytes(ids)
-        return self._bpe.decode(list(ids), skip_special_tokens=True).encode("utf-8")
+        return self.tokenizer.decode(ids)
 
     def flops_per_byte(self) -> float:
         return float(self.model.flops_per_token(self.hparams.seq_len)) / self.hparams.bytes_per_token
+
+    def embed(self, ids: torch.Tensor) -> torch.Tensor:
+        return self.model.embedding(ids)
+
+    def logits_from_embeds(self, embeds: torch.Tensor) -> torch.Tensor:
+        return self.model(None, inputs_embeds=embeds)
 
     def decoder(self, use_cache: bool = True) -> Decoder:
         """The whole batch in one KV cache (:class:`RaggedDecoder`) when the attention is full causal."""

@@ -87,12 +87,14 @@ class FlatTransformer(nn.Module):
         positions: Tensor | None = None,
         mask: Tensor | None = None,
         inputs_embeds: Tensor | None = None,
+        last_only: bool = False,
     ) -> Tensor:
         """Next-token logits ``[B, T, vocab_size]`` for ``input_ids [B, T]`` (``T ≤ max_length``).
 
         With ``cache``, the positions are appended to it (prefill or one decoding step); ragged batches also give
         ``positions`` and ``mask`` (see :meth:`TransformerStack.forward`). ``inputs_embeds [B, T, dim]`` replaces
-        the embedding of ``input_ids`` (soft inputs: pass ``input_ids=None``).
+        the embedding of ``input_ids`` (soft inputs: pass ``input_ids=None``). ``last_only``: the logits of the last
+        position only (``[B, 1, vocab_size]``, what decoding needs).
         """
         if inputs_embeds is None:
             if input_ids is None:
@@ -101,7 +103,8 @@ class FlatTransformer(nn.Module):
             inputs_embeds = self.embedding(input_ids)
         elif inputs_embeds.dim() != 3 or inputs_embeds.shape[-1] != self.dim:
             raise ConfigError(f"inputs_embeds must be [batch, seq_len, {self.dim}], got {tuple(inputs_embeds.shape)}")
-        return self.output(self.norm(self.trunk(inputs_embeds, cache, positions, mask)))
+        hidden = self.trunk(inputs_embeds, cache, positions, mask)
+        return self.output(self.norm(hidden[:, -1:] if last_only else hidden))
 
     def num_params(self, non_embedding: bool = False) -> int:
         """Parameters; ``non_embedding`` leaves out the input embedding and the output head."""

@@ -14,10 +14,12 @@ __all__ = ["KVCache", "StackCache"]
 
 
 class KVCache:
-    """Keys and values of one attention layer for cached decoding, ``[B, H, capacity, D]`` each.
+    """Keys and values of one attention layer for cached decoding, ``[B, H, slots, D]`` each.
 
-    Allocated at the first :meth:`update` with the dtype of the keys written (so autocast works). ``length``
-    is the number of valid positions; lowering it (e.g. after a padded prefill) forgets the positions beyond.
+    Allocated at the first :meth:`update` with the dtype of the keys written (so autocast works), for the
+    positions written so far (at least 64), and doubled when full, up to ``capacity``: a cache costs what it
+    holds, not its capacity. Only the first ``length`` positions are ever read; lowering ``length`` (e.g. after a
+    padded prefill) forgets the positions beyond.
 
     Args:
         capacity: Largest number of positions the cache holds.
@@ -30,6 +32,17 @@ class KVCache:
         self.v: Tensor | None = None
         self.length = 0
 
+    def _grow(self, k: Tensor, v: Tensor, needed: int) -> None:
+        """(Re)allocate for at least ``needed`` positions: doubling, at most ``capacity`` (copies the kept ones)."""
+        held = 0 if self.k is None else self.k.shape[2]
+        size = min(self.capacity, max(needed, 2 * held, 64))
+        new_k = k.new_empty((k.shape[0], k.shape[1], size, k.shape[3]))
+        new_v = v.new_empty((v.shape[0], v.shape[1], size, v.shape[3]))
+        if self.k is not None and self.v is not None and self.length:
+            new_k[:, :, : self.length] = self.k[:, :, : self.length]
+            new_v[:, :, : self.length] = self.v[:, :, : self.length]
+        self.k, self.v = new_k, new_v
+
     def first_visible(self, offset: int) -> int:
         """Index of the oldest key that a query at position ``offset`` (or later) may still see."""
         return 0 if self.window is None else max(0, offset - self.window + 1)
@@ -39,10 +52,9 @@ class KVCache:
         start, n = self.length, k.shape[2]
         if start + n > self.capacity:
             raise ConfigError(f"KV cache overflow: {start} + {n} positions > capacity {self.capacity}")
-        if self.k is None or self.v is None:
-            shape = (k.shape[0], k.shape[1], self.capacity, k.shape[3])
-            self.k = k.new_zeros(shape)
-            self.v = v.new_zeros(shape)
+        if self.k is None or self.v is None or start + n > self.k.shape[2]:
+            self._grow(k, v, start + n)
+        assert self.k is not None and self.v is not None
         self.k[:, :, start : start + n] = k
         self.v[:, :, start : start + n] = v
         self.length = start + n

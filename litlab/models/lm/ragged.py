@@ -67,7 +67,7 @@ class RaggedDecoder:
         self.valid = torch.zeros(n, self.model.max_length, dtype=torch.bool, device=self.device)
         self.next_pos = torch.zeros(n, dtype=torch.long, device=self.device)
         if head:
-            prefix_logits = self.model(torch.tensor([head], device=self.device), self.cache)[:, -1]
+            prefix_logits = self.model(torch.tensor([head], device=self.device), self.cache, last_only=True)[:, -1]
             for layer in self.cache.layers:  # the prefix's keys and values, once per row
                 assert layer.k is not None and layer.v is not None
                 layer.k, layer.v = layer.k.repeat(n, 1, 1, 1), layer.v.repeat(n, 1, 1, 1)
@@ -102,6 +102,6 @@ class RaggedDecoder:
         q_slot = torch.arange(start, keys, device=self.device)
         allowed = (q_slot[:, None] >= torch.arange(keys, device=self.device)[None, :])[None] & self.valid[:, None, :keys]
         allowed[:, torch.arange(length, device=self.device), q_slot] = True  # a padding query sees itself only
-        logits = self.model(ids, self.cache, positions, allowed[:, None])
+        logits = self.model(ids, self.cache, positions, allowed[:, None], last_only=True)
         self.next_pos = torch.where(real[:, -1], positions[:, -1] + 1, self.next_pos)
         return logits

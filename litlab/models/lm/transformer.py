@@ -137,10 +137,12 @@ class RotaryEmbedding(nn.Module):
     def __init__(self, head_dim: int, max_length: int, theta: float = 5e5) -> None:
         super().__init__()
         self.head_dim, self.max_length, self.theta = head_dim, max_length, theta
-        inv_freq = 1.0 / theta ** (torch.arange(0, head_dim, 2, dtype=torch.float64) / head_dim)
-        angles = torch.outer(torch.arange(max_length, dtype=torch.float64), inv_freq)
-        self.register_buffer("cos", angles.cos().float(), persistent=False)
-        self.register_buffer("sin", angles.sin().float(), persistent=False)
+        # float32 throughout, as Llama's reference code (and transformers) computes them: an exported model
+        # then sees the very same angles (at position 1000 a float64 table differs by ~1e-5 in its logits).
+        inv_freq = 1.0 / theta ** (torch.arange(0, head_dim, 2, dtype=torch.int64).float() / head_dim)
+        angles = torch.outer(torch.arange(max_length, dtype=torch.int64).float(), inv_freq)
+        self.register_buffer("cos", angles.cos(), persistent=False)
+        self.register_buffer("sin", angles.sin(), persistent=False)
 
     def forward(self, length: int, offset: int = 0) -> tuple[Tensor, Tensor]:
         """``(cos, sin)``, each ``[length, head_dim/2]``, for positions ``offset..offset+length-1``."""

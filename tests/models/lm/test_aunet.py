@@ -160,7 +160,8 @@ def test_compile_fullgraph_aot_eager_forward_and_backward() -> None:
     assert set(model.last_stats) == {"pooled_counts", "boundaries", "truncation_rate"}
     out.sum().backward()
     for name, p in model.named_parameters():
-        torch.testing.assert_close(p.grad, grads[name], atol=1e-4, rtol=1e-4, msg=name)
+        scale = max(1.0, float(grads[name].abs().max()))  # float32 sums of many terms: error grows with size
+        torch.testing.assert_close(p.grad, grads[name], atol=1e-5 * scale, rtol=1e-4, msg=name)
 
 
 @pytest.mark.slow
