@@ -8,6 +8,7 @@
 - ``litlab write_text_shards <corpus> <output dir>``, ``litlab train_bpe --output bpe.json``: text data
 - ``litlab generate --ckpt_path ... --prompt "..."``: sample from a trained AU-Net or Transformer LM
 - ``litlab export_hf --ckpt ... --out dir``: a trained TransformerLM as a Hugging Face Llama directory
+- ``litlab evaluate_math --model ... --data ... --shots k --samples m``: exact match on math word problems
 - ``litlab compare_lms``: AU-Net 2/3 vs the BPE and flat-byte baselines at equal training FLOPs
 - ``litlab demo``: the end-to-end demonstration of ``make demo``
 
@@ -35,6 +36,7 @@ TOOLS = {
     "demo": "litlab.methods.demo:run_demo",
     "retrofit_lm": "litlab.methods.afterlearner_lm:retrofit_language_model",
     "export_hf": "litlab.methods.export_hf:export_hf",
+    "evaluate_math": "litlab.methods.evaluate_math:evaluate_math",
 }
 
 

@@ -1,6 +1,7 @@
 """Lightning callbacks of litlab."""
 
 from litlab.callbacks.expert_usage import ExpertUsage
+from litlab.callbacks.hf_export import HFExport
 from litlab.callbacks.retrofit import EvolutionaryRetrofit
 
-__all__ = ["EvolutionaryRetrofit", "ExpertUsage"]
+__all__ = ["EvolutionaryRetrofit", "ExpertUsage", "HFExport"]

@@ -30,6 +30,7 @@ from lightning.pytorch.utilities import rank_zero_info
 from torch.utils.data import DataLoader
 
 from litlab.datamodules.loaders import map_loader
+from litlab.datamodules.math_corpus import is_math_spec, parse_math_spec
 from litlab.datamodules.text_corpus import (
     EMBEDDED,
     SPLITS,
@@ -116,7 +117,9 @@ class TextDataModule(L.LightningDataModule):
             raise ConfigError(f"text_key={text_key!r} is not allowed: give the (non-empty) key of the text")
         self.num_workers = check_int("num_workers", num_workers, 0)
         self.seed = check_int("seed", seed, 0)
-        if source != EMBEDDED:
+        if is_math_spec(source):
+            parse_math_spec(source)  # ConfigError now, naming a bad key, rather than in setup
+        elif source != EMBEDDED:
             source_files(source)  # DataError now, naming a missing path, rather than in setup
         if tokenizer == "bpe":
             if tokenizer_path is None:

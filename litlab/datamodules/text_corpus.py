@@ -52,6 +52,7 @@ from collections.abc import Iterator, Sequence
 import braceexpand
 import numpy as np
 
+from litlab.datamodules.math_corpus import is_math_spec, math_documents
 from litlab.datamodules.text_shards import read_text_shard
 from litlab.errors import ConfigError, DataError
 
@@ -318,7 +319,8 @@ def read_documents(
     """All non-empty documents of a source (see the module docstring), in order.
 
     Args:
-        source: ``"embedded"``, a file, directory, brace pattern or glob (or several joined by ``::``).
+        source: ``"embedded"``, a file, directory, brace pattern or glob (or several joined by ``::``), or a
+            math-problem spec (``procedural_math:...``, :mod:`litlab.datamodules.math_corpus`).
         text_key: Key of the text in ``.jsonl`` records.
         max_bytes: Keep only the leading documents up to this many bytes (see :func:`cap_bytes`).
         cache_dir: Cache directory of the embedded corpus.
@@ -327,6 +329,8 @@ def read_documents(
         raise ConfigError(f"max_bytes={max_bytes!r} is not allowed: it must be None or an integer >= 1")
     if source == EMBEDDED:
         docs = embedded_corpus(cache_dir)
+    elif is_math_spec(source):
+        docs = math_documents(source)
     else:
         docs = [doc for path in source_files(source) for doc in read_file(path, text_key)]
     kept = [d for d in docs if d]

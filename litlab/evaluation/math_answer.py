@@ -165,3 +165,33 @@ def exact_match_scores(generations: Sequence[str], references: Sequence[str]) ->
             f"{len(generations)} generations, {len(references)} references"
         )
     return [float(is_correct(g, r)) for g, r in zip(generations, references)]
+
+
+def majority_answer(generations: Sequence[str]) -> Fraction | None:
+    """Self-consistency: the most frequent final answer of several generations (ties: the first seen).
+
+    Args:
+        generations (Sequence[str]): Samples of one problem.
+
+    Returns:
+        The answer's exact value, or None when no generation holds a number.
+    """
+    counts: dict[Fraction, int] = {}
+    for text in generations:
+        found = extract_answer(text)
+        value = None if found is None else normalize_number(found)
+        if value is not None:
+            counts[value] = counts.get(value, 0) + 1
+    return max(counts, key=counts.__getitem__) if counts else None  # max keeps the first of equal counts
+
+
+def majority_scores(generations: Sequence[str], references: Sequence[str], samples: int) -> list[float]:
+    """Per-problem self-consistency scores: ``generations`` holds ``samples`` consecutive samples per problem.
+
+    Raises:
+        ConfigError: ``len(generations) != samples * len(references)``.
+    """
+    if len(generations) != samples * len(references):
+        raise ConfigError(f"{len(generations)} generations for {len(references)} problems x {samples} samples")
+    return [float(majority_answer(generations[i * samples:(i + 1) * samples]) == reference_value(ref))
+            for i, ref in enumerate(references)]

@@ -17,6 +17,7 @@ from litlab.errors import ConfigError
 from litlab.lightning_modules.language_model import LanguageModel
 from litlab.models.lm.flat_transformer import FlatTransformer
 from litlab.models.lm.generation import Decoder
+from litlab.models.lm.hf_export import export_llama
 from litlab.models.lm.ragged import RaggedDecoder
 from litlab.text.byte_vocab import BYTE_VOCAB_SIZE
 from litlab.text.tokenizers import BPETokenizer, ByteTokenizer
@@ -135,3 +136,9 @@ class TransformerLM(LanguageModel):
         if use_cache and self.model.trunk.window is None:
             return RaggedDecoder(self.model, pad_id=self.eos_id)
         return super().decoder(use_cache)
+
+    def export_hf(self, out_dir: str, dtype: str = "float32") -> str:
+        """Write this model as a Hugging Face Llama directory (:func:`litlab.models.lm.hf_export.export_llama`),
+        with its tokenizer for a BPE model (a byte model's ids are the bytes, then BOS and EOS)."""
+        tokenizer_json = self.hparams.tokenizer_path if self.hparams.tokenizer == "bpe" else None
+        return str(export_llama(self.model, out_dir, tokenizer_json, self.bos_id, self.eos_id, dtype))

@@ -12,7 +12,7 @@ import sys
 from litlab.errors import ConfigError, DataError
 from litlab.lightning_modules.loading import load_language_model
 from litlab.lightning_modules.transformer_lm import TransformerLM
-from litlab.models.lm.hf_export import EXPORT_DTYPES, export_llama
+from litlab.models.lm.hf_export import EXPORT_DTYPES
 
 
 def export_hf(*, ckpt: str, out: str, dtype: str = "float32") -> str:
@@ -38,11 +38,9 @@ def export_hf(*, ckpt: str, out: str, dtype: str = "float32") -> str:
         raise DataError(
             f"ckpt={ckpt!r} holds a {type(lm).__name__}, not a TransformerLM: only TransformerLM exports to Llama"
         )
-    tokenizer_json = lm.hparams.tokenizer_path if lm.hparams.tokenizer == "bpe" else None
-    bos_id, eos_id = lm.bos_id, lm.eos_id  # loads the BPE (ConfigError naming tokenizer_path if it is gone)
-    directory = str(export_llama(lm.model, out, tokenizer_json, bos_id, eos_id, dtype))
-    if tokenizer_json is None:
-        print(f"note: byte model, no tokenizer files written (ids 0..255 are bytes, BOS={bos_id}, EOS={eos_id})",
-              file=sys.stderr)
+    directory = lm.export_hf(out, dtype)  # loads the BPE first (ConfigError naming tokenizer_path if it is gone)
+    if lm.hparams.tokenizer != "bpe":
+        print(f"note: byte model, no tokenizer files written (ids 0..255 are bytes, BOS={lm.bos_id}, "
+              f"EOS={lm.eos_id})", file=sys.stderr)
     print(directory)
     return directory

@@ -118,3 +118,19 @@ class MathProblem:
     def to_record(self) -> dict[str, str]:
         """The GSM8K JSON-lines record ``{"question": ..., "answer": ...}`` of this problem."""
         return {"question": self.question, "answer": self.answer_text}
+
+
+#: The few-shot chain-of-thought format shared by training corpora, prompts and evaluation: a solved problem is
+#: ``Question: <question>\nAnswer: <rationale>\n#### <final>\n\n``; a problem to solve ends at ``Answer:``,
+#: and the model's answer ends at the blank line (:data:`ANSWER_END`).
+ANSWER_END = "\n\n"
+
+
+def format_demonstration(problem: MathProblem) -> str:
+    """A solved problem in the few-shot format (ends with a blank line)."""
+    return f"Question: {problem.question}\nAnswer: {problem.answer_text}{ANSWER_END}"
+
+
+def format_question(question: str) -> str:
+    """A problem to solve in the few-shot format: the model continues after ``Answer:``."""
+    return f"Question: {question}\nAnswer:"

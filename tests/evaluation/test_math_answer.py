@@ -135,3 +135,14 @@ def test_exact_match_scores():
     assert exact_match_scores([], []) == []
     with pytest.raises(ConfigError, match="2 generations, 1 references"):
         exact_match_scores(["1", "2"], ["1"])
+
+
+def test_majority_answer_votes_on_exact_values():
+    from litlab.evaluation.math_answer import majority_answer, majority_scores
+
+    assert majority_answer(["#### 7", "so 7.0", "#### 8", "The answer is 1,000.", "#### 1000"]) == Fraction(7)
+    assert majority_answer(["#### 8", "#### 7"]) == Fraction(8)  # a tie: the first answer seen
+    assert majority_answer(["no number", ""]) is None
+    assert majority_scores(["#### 3", "#### 4", "#### 4", "x", "#### 9", "#### 9"], ["4", "9"], 3) == [1.0, 1.0]
+    with pytest.raises(ConfigError, match="5 generations for 2 problems x 3 samples"):
+        majority_scores(["1"] * 5, ["1", "2"], 3)
