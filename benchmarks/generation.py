@@ -99,8 +99,6 @@ def cached_suite(args: argparse.Namespace) -> None:
         emit(case, "params", float(model.num_params()), "count")
 
 
-
-
 def timed(fn, repeats: int) -> tuple[float, object]:
     """Median seconds of ``repeats`` calls (after one warm-up call) and the last result."""
     fn()
@@ -169,10 +167,10 @@ def main() -> None:
     parser.add_argument("--threads", type=int, default=1, help="torch CPU threads (1: stable on a shared machine)")
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
-    if args.suite in ("all", "batch"):
-        batch_suite(args)
     if args.suite in ("all", "cached"):
         cached_suite(args)
+    if args.suite in ("all", "batch"):
+        batch_suite(args)
 
 
 if __name__ == "__main__":
