@@ -16,8 +16,9 @@ from torch import nn
 from litlab.errors import ConfigError
 from litlab.lightning_modules.language_model import LanguageModel
 from litlab.models.lm.aunet import AUNet
-from litlab.text.byte_vocab import BOS, BYTE_VOCAB_SIZE, EOS, decode_bytes
+from litlab.text.byte_vocab import BYTE_VOCAB_SIZE
 from litlab.text.splitting import split_token_levels
+from litlab.text.tokenizers import ByteTokenizer
 
 
 class AUNetLM(LanguageModel):
@@ -105,18 +106,9 @@ class AUNetLM(LanguageModel):
 
     # ------------------------------------------------------------------ bytes and levels
     @property
-    def bos_id(self) -> int:
-        return BOS
-
-    @property
-    def eos_id(self) -> int:
-        return EOS
-
-    def encode(self, data: bytes) -> list[int]:
-        return list(data)
-
-    def decode(self, ids: Sequence[int]) -> bytes:
-        return decode_bytes(ids)
+    def tokenizer(self) -> ByteTokenizer:
+        """Bytes: one id per byte, plus BOS and EOS."""
+        return ByteTokenizer()
 
     def levels_for_ids(self, ids: torch.Tensor) -> torch.Tensor:
         """Split levels of each row of a ``[B, T]`` id tensor (causal rule; rows split independently)."""

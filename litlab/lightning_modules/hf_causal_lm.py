@@ -111,20 +111,6 @@ class HFCausalLM(LanguageModel):
             return BPETokenizer(path)
         return HFTokenizer(path)
 
-    @property
-    def bos_id(self) -> int:
-        return self.tokenizer.bos_id
-
-    @property
-    def eos_id(self) -> int:
-        return self.tokenizer.eos_id
-
-    def encode(self, data: bytes) -> list[int]:
-        return self.tokenizer.encode(data)
-
-    def decode(self, ids: Sequence[int]) -> bytes:
-        return self.tokenizer.decode(ids)
-
     # ------------------------------------------------------------------ soft inputs, decoding, accounting
     def embed(self, ids: torch.Tensor) -> torch.Tensor:
         return self.hf_model.get_input_embeddings()(ids)

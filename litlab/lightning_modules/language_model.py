@@ -32,6 +32,7 @@ from litlab.lightning_modules.schedule import warmup_cosine
 from litlab.models.lm.generation import Decoder, StepperDecoder
 from litlab.models.lm.padding import right_pad
 from litlab.models.lm.text_generation import generate_texts
+from litlab.text.tokenizers import TextTokenizer
 
 LN2 = math.log(2.0)
 
@@ -103,23 +104,28 @@ class LanguageModel(LightningModule):
     def build_model(self) -> nn.Module:
         """Build the pure-PyTorch network from ``self.hparams``."""
 
+    @property
     @abstractmethod
+    def tokenizer(self) -> TextTokenizer:
+        """The model's tokenizer (:mod:`litlab.text.tokenizers`): bytes, a litlab BPE or a Hugging Face one."""
+
     def encode(self, data: bytes) -> list[int]:
         """Token ids of ``data`` (no BOS/EOS)."""
+        return self.tokenizer.encode(data)
 
-    @abstractmethod
     def decode(self, ids: Sequence[int]) -> bytes:
         """Bytes of token ids (special ids dropped)."""
+        return self.tokenizer.decode(ids)
 
     @property
-    @abstractmethod
     def bos_id(self) -> int:
         """Id of the beginning-of-sequence token."""
+        return self.tokenizer.bos_id
 
     @property
-    @abstractmethod
     def eos_id(self) -> int:
         """Id of the end-of-sequence token."""
+        return self.tokenizer.eos_id
 
     @abstractmethod
     def flops_per_byte(self) -> float:

@@ -108,20 +108,6 @@ class TransformerLM(LanguageModel):
             raise ConfigError("tokenizer='bpe' needs tokenizer_path (the tokenizers JSON written by litlab train_bpe)")
         return BPETokenizer(self.hparams.tokenizer_path)
 
-    @property
-    def bos_id(self) -> int:
-        return self.tokenizer.bos_id
-
-    @property
-    def eos_id(self) -> int:
-        return self.tokenizer.eos_id
-
-    def encode(self, data: bytes) -> list[int]:
-        return self.tokenizer.encode(data)
-
-    def decode(self, ids: Sequence[int]) -> bytes:
-        return self.tokenizer.decode(ids)
-
     def flops_per_byte(self) -> float:
         return float(self.model.flops_per_token(self.hparams.seq_len)) / self.hparams.bytes_per_token
 

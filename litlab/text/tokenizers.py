@@ -13,14 +13,29 @@ from __future__ import annotations
 import os
 from collections.abc import Sequence
 from functools import cached_property
-from typing import Any
+from typing import Any, Protocol
 
 from litlab.errors import ConfigError, DataError
 from litlab.text.byte_vocab import BOS, BYTE_VOCAB_SIZE, EOS, decode_bytes
 
-__all__ = ["BPETokenizer", "ByteTokenizer", "HFTokenizer"]
+__all__ = ["BPETokenizer", "ByteTokenizer", "HFTokenizer", "TextTokenizer"]
 
 HF_TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json")
+
+
+class TextTokenizer(Protocol):
+    """What a language model's tokenizer offers."""
+
+    bos_id: int
+    eos_id: int
+
+    def encode(self, data: bytes) -> list[int]:
+        """Ids of ``data`` (no special ids)."""
+        ...
+
+    def decode(self, ids: Sequence[int]) -> bytes:
+        """Bytes of ``ids`` (special ids dropped)."""
+        ...
 
 
 class ByteTokenizer:
