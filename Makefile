@@ -26,7 +26,7 @@ bench: install
 
 lint: install
 	$(VENV)/bin/ruff check litlab tests benchmarks configs
-	$(VENV)/bin/lint-imports
+	$(VENV)/bin/lint-imports --no-cache
 
 clean:
 	rm -rf $(VENV) runs lightning_logs .pytest_cache

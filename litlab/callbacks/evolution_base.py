@@ -46,6 +46,7 @@ the search is a smoke test (budget 2, ``fast_dev_run`` batches per part, no file
 from __future__ import annotations
 
 import json
+from abc import ABC, abstractmethod
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -76,7 +77,7 @@ class EvaluationData:
     heldout_size: int
 
 
-class EvolutionCallback(Callback):
+class EvolutionCallback(Callback, ABC):
     """Base of the callbacks that evolve a trained model after ``fit`` with the evolution engine.
 
     Args:
@@ -144,17 +145,17 @@ class EvolutionCallback(Callback):
         self._in_validate = False
 
     # ------------------------------------------------------------------ to be defined by subclasses
+    @abstractmethod
     def build_space(self, pl_module: LightningModule) -> SearchSpace:
         """The search space over ``pl_module`` (its parameters, hyperparameters it declares, ...)."""
-        raise NotImplementedError
 
+    @abstractmethod
     def build_fitness(self, trainer: Trainer, pl_module: LightningModule) -> Fitness:
         """The fitness a candidate is scored with (on the selection batches, and on the held-out ones)."""
-        raise NotImplementedError
 
+    @abstractmethod
     def evaluation_data(self, trainer: Trainer, pl_module: LightningModule, limit: int) -> EvaluationData:
         """The selection and held-out batches, on the device (``limit`` > 0: at most that many batches each)."""
-        raise NotImplementedError
 
     def fitness_name(self) -> str:
         """The name of the fitness metric in messages (e.g. ``top1``)."""

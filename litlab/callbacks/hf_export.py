@@ -12,12 +12,12 @@ from lightning.pytorch import Callback, LightningModule, Trainer
 from lightning.pytorch.utilities import rank_zero_info
 
 from litlab.errors import ConfigError
-from litlab.lightning_modules.transformer_lm import TransformerLM
 from litlab.models.lm.hf_export import EXPORT_DTYPES
 
 
 class HFExport(Callback):
-    """Exports the fitted TransformerLM to a Hugging Face directory.
+    """Exports the fitted model to a Hugging Face directory with its ``export_hf(output_dir, dtype)``
+    (:meth:`litlab.lightning_modules.TransformerLM.export_hf`).
 
     Args:
         output_dir: The directory to write (a previous export there is replaced).
@@ -33,11 +33,11 @@ class HFExport(Callback):
         self.path: str | None = None
 
     def setup(self, trainer: Trainer, pl_module: LightningModule, stage: str) -> None:
-        if not isinstance(pl_module, TransformerLM):
-            raise ConfigError(f"HFExport needs a TransformerLM, got {type(pl_module).__name__}")
+        if not callable(getattr(pl_module, "export_hf", None)):
+            raise ConfigError(f"HFExport needs a module that exports itself (export_hf: TransformerLM), got "
+                              f"{type(pl_module).__name__}")
 
     def on_fit_end(self, trainer: Trainer, pl_module: LightningModule) -> None:
         if trainer.is_global_zero:
-            assert isinstance(pl_module, TransformerLM)
             self.path = pl_module.export_hf(self.output_dir, self.dtype)
             rank_zero_info(f"HFExport: wrote the Hugging Face model to {self.path}")

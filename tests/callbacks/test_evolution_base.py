@@ -139,3 +139,12 @@ def test_resume_from_the_state_file_ends_as_an_uninterrupted_run(tmp_path):
 def test_bad_arguments_name_themselves(kwargs, match):
     with pytest.raises(ConfigError, match=match):
         ThresholdSearch(**kwargs)
+
+
+def test_a_subclass_must_say_what_it_searches_and_how_it_scores():
+    class Incomplete(EvolutionCallback):
+        def build_space(self, pl_module):
+            return SearchSpace({})
+
+    with pytest.raises(TypeError, match="build_fitness"):
+        Incomplete()

@@ -24,7 +24,10 @@ of every training window — and refills the caches with one prefill; ``on_full=
 uncached path (``use_cache=False``, a full forward per byte) uses the same windows, so both paths produce the
 same bytes.
 
-Batch size 1 (one stream): which stages run depends on that stream's bytes.
+A :class:`Stepper` is one stream (which AU-Net stages run depends on that stream's bytes); a batch of them is
+a :class:`StepperDecoder`. :func:`decode_batch` is the decoding loop of every litlab language model, over any
+:class:`Decoder`: this stepper batch, :class:`~litlab.models.lm.ragged.RaggedDecoder` (a flat Transformer's
+ragged batch in one KV cache) or :class:`~litlab.models.lm.hf_model.HFDecoder` (a Hugging Face model).
 """
 
 from __future__ import annotations
