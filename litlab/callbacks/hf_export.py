@@ -12,7 +12,7 @@ from lightning.pytorch import Callback, LightningModule, Trainer
 from lightning.pytorch.utilities import rank_zero_info
 
 from litlab.errors import ConfigError
-from litlab.models.lm.hf_export import EXPORT_DTYPES
+from litlab.models.lm.hf_model import torch_dtype
 
 
 class HFExport(Callback):
@@ -25,8 +25,7 @@ class HFExport(Callback):
     """
 
     def __init__(self, output_dir: str, dtype: str = "float32") -> None:
-        if dtype not in EXPORT_DTYPES:
-            raise ConfigError(f"dtype={dtype!r} is not allowed: choose one of {list(EXPORT_DTYPES)}")
+        torch_dtype(dtype)  # ConfigError naming a dtype that is not allowed
         if not isinstance(output_dir, str) or not output_dir:
             raise ConfigError(f"output_dir={output_dir!r} is not allowed: give a directory")
         self.output_dir, self.dtype = output_dir, dtype

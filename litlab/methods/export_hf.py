@@ -9,10 +9,10 @@ from __future__ import annotations
 
 import sys
 
-from litlab.errors import ConfigError, DataError
+from litlab.errors import DataError
 from litlab.lightning_modules.loading import load_language_model
 from litlab.lightning_modules.transformer_lm import TransformerLM
-from litlab.models.lm.hf_export import EXPORT_DTYPES
+from litlab.models.lm.hf_model import torch_dtype
 
 
 def export_hf(*, ckpt: str, out: str, dtype: str = "float32") -> str:
@@ -31,8 +31,7 @@ def export_hf(*, ckpt: str, out: str, dtype: str = "float32") -> str:
     Returns:
         The directory written.
     """
-    if dtype not in EXPORT_DTYPES:
-        raise ConfigError(f"dtype={dtype!r} is not allowed: choose one of {list(EXPORT_DTYPES)}")
+    torch_dtype(dtype)  # ConfigError naming a dtype that is not allowed
     lm = load_language_model(ckpt)
     if not isinstance(lm, TransformerLM):
         raise DataError(

@@ -54,6 +54,7 @@ from torch import Tensor
 
 from litlab.errors import ConfigError, DataError
 from litlab.models.lm.flat_transformer import FlatTransformer
+from litlab.models.lm.hf_model import torch_dtype
 from litlab.text.bpe import BOS_TOKEN, EOS_TOKEN, load_bpe
 
 if TYPE_CHECKING:
@@ -61,9 +62,8 @@ if TYPE_CHECKING:
 
 log = logging.getLogger(__name__)
 
-__all__ = ["EXPORT_DTYPES", "export_llama", "llama_config", "qk_permutation", "to_llama_state_dict"]
+__all__ = ["export_llama", "llama_config", "qk_permutation", "to_llama_state_dict"]
 
-EXPORT_DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
 
 # Files an export writes (anything else in the output folder makes export_llama refuse to write there).
 _EXPORT_FILES = frozenset({
@@ -103,8 +103,7 @@ def llama_config(model: FlatTransformer, bos_id: int, eos_id: int, dtype: str = 
     model = _check_exportable(model)
     _check_id("bos_id", bos_id, model.vocab_size)
     _check_id("eos_id", eos_id, model.vocab_size)
-    if dtype not in EXPORT_DTYPES:
-        raise ConfigError(f"dtype={dtype!r} is not allowed: choose one of {list(EXPORT_DTYPES)}")
+    torch_dtype(dtype)  # ConfigError naming a dtype that is not allowed
     first = model.trunk.layers[0]
     return LlamaConfig(
         architectures=["LlamaForCausalLM"],
@@ -261,7 +260,7 @@ def export_llama(
     from transformers import GenerationConfig
 
     config = llama_config(model, bos_id, eos_id, dtype)
-    state = to_llama_state_dict(model, EXPORT_DTYPES[dtype])
+    state = to_llama_state_dict(model, torch_dtype(dtype))
     fast = None if tokenizer_json is None else _fast_tokenizer(tokenizer_json, bos_id, eos_id, model.vocab_size,
                                                                  model.max_length)
     out = _prepare_out_dir(out_dir)  # everything is checked: only now touch the folder

@@ -20,14 +20,16 @@ import torch
 from torch import Tensor, nn
 
 from litlab.errors import ConfigError, DataError
+from litlab.models.lm.padding import left_pad
 
-__all__ = ["DTYPES", "HFDecoder", "HFLogits", "build_hf_model", "load_hf_model"]
+__all__ = ["DTYPES", "HFDecoder", "HFLogits", "build_hf_model", "load_hf_model", "torch_dtype"]
 
 DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
 WEIGHT_FILES = ("model.safetensors", "model.safetensors.index.json", "pytorch_model.bin", "pytorch_model.bin.index.json")
 
 
-def _dtype(dtype: str) -> torch.dtype:
+def torch_dtype(dtype: str) -> torch.dtype:
+    """The torch dtype of a weights' dtype name (``float32``, ``bfloat16``, ``float16``); ConfigError otherwise."""
     if dtype not in DTYPES:
         raise ConfigError(f"dtype={dtype!r} is not allowed: choose one of {sorted(DTYPES)}")
     return DTYPES[dtype]
@@ -41,7 +43,7 @@ def load_hf_model(path: str, dtype: str = "float32", attn_implementation: str = 
         dtype: ``float32``, ``bfloat16`` or ``float16``.
         attn_implementation: ``sdpa`` or ``eager`` (as transformers names them).
     """
-    torch_dtype = _dtype(dtype)
+    weights_dtype = torch_dtype(dtype)
     if not os.path.isdir(path):
         raise DataError(f"pretrained_path={path!r}: no such directory")
     if not os.path.isfile(os.path.join(path, "config.json")):
@@ -51,7 +53,7 @@ def load_hf_model(path: str, dtype: str = "float32", attn_implementation: str = 
     from transformers import AutoModelForCausalLM
 
     try:
-        return AutoModelForCausalLM.from_pretrained(path, local_files_only=True, dtype=torch_dtype,
+        return AutoModelForCausalLM.from_pretrained(path, local_files_only=True, dtype=weights_dtype,
                                                     attn_implementation=attn_implementation)
     except (OSError, ValueError, KeyError) as err:
         raise DataError(f"pretrained_path={path!r}: cannot load the model: {str(err).splitlines()[0]}") from err
@@ -59,7 +61,7 @@ def load_hf_model(path: str, dtype: str = "float32", attn_implementation: str = 
 
 def build_hf_model(config: dict[str, Any], dtype: str = "float32", attn_implementation: str = "sdpa") -> nn.Module:
     """A randomly initialized causal LM from ``config`` (``{"model_type": "llama", "hidden_size": 64, ...}``)."""
-    torch_dtype = _dtype(dtype)
+    weights_dtype = torch_dtype(dtype)
     if not isinstance(config, dict) or "model_type" not in config:
         raise ConfigError(f"config={config!r} is not allowed: give a dict with model_type (e.g. 'llama') and sizes")
     from transformers import AutoConfig, AutoModelForCausalLM
@@ -68,7 +70,7 @@ def build_hf_model(config: dict[str, Any], dtype: str = "float32", attn_implemen
     try:
         hf_config = AutoConfig.for_model(spec.pop("model_type"), **spec)
         hf_config._attn_implementation = attn_implementation
-        return AutoModelForCausalLM.from_config(hf_config, dtype=torch_dtype)
+        return AutoModelForCausalLM.from_config(hf_config, dtype=weights_dtype)
     except (ValueError, KeyError, TypeError) as err:
         raise ConfigError(f"config={config!r}: {str(err).splitlines()[0]}") from err
 
@@ -113,10 +115,8 @@ class HFDecoder:
     def prefill(self, rows: Sequence[Sequence[int]], prefix: Sequence[int] | None = None) -> Tensor:
         from transformers import DynamicCache
 
-        n, head, width = len(rows), list(prefix or []), max(len(row) for row in rows)
-        if len(head) + width > self.max_length:
-            raise ConfigError(f"a prompt of {len(head) + width} ids (prefix {len(head)} + longest row {width}) "
-                              f"does not fit the model's max_length={self.max_length}")
+        n, head = len(rows), list(prefix or [])
+        ids, real, positions = left_pad(rows, self.pad_id, len(head), self.max_length)
         if any(len(row) == 0 for row in rows):
             raise ConfigError("every prompt row needs at least one id after the prefix")
         self.cache = DynamicCache(config=self.model.config)
@@ -128,14 +128,8 @@ class HFDecoder:
             self.cache.batch_repeat_interleave(n)
             self.mask = torch.ones(n, len(head), dtype=torch.long, device=self.device)
             self.next_pos += len(head)
-        ids = torch.full((n, width), self.pad_id, dtype=torch.long)
-        real = torch.zeros(n, width, dtype=torch.long)
-        for i, row in enumerate(rows):
-            ids[i, width - len(row):] = torch.as_tensor(row, dtype=torch.long)
-            real[i, width - len(row):] = 1
-        real = real.to(self.device)
-        positions = self.next_pos[:, None] + (real.cumsum(-1) - 1).clamp(min=0)
-        return self._forward(ids.to(self.device), positions, real)
+        positions = self.next_pos[:, None] + positions.to(self.device)
+        return self._forward(ids.to(self.device), positions, real.long().to(self.device))
 
     def step(self, tokens: Tensor) -> Tensor:
         ids = tokens.to(self.device, torch.long)[:, None]

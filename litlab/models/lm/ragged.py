@@ -30,6 +30,7 @@ from torch import Tensor
 from litlab.errors import ConfigError
 from litlab.models.lm.flat_transformer import FlatTransformer
 from litlab.models.lm.kv_cache import StackCache
+from litlab.models.lm.padding import left_pad
 
 __all__ = ["RaggedDecoder"]
 
@@ -59,10 +60,7 @@ class RaggedDecoder:
 
     def prefill(self, rows: Sequence[Sequence[int]], prefix: Sequence[int] | None = None) -> Tensor:
         n, head = len(rows), list(prefix or [])
-        width = max(len(row) for row in rows)
-        if len(head) + width > self.model.max_length:
-            raise ConfigError(f"a prompt of {len(head) + width} ids (prefix {len(head)} + longest row {width}) "
-                              f"does not fit the model's max_length={self.model.max_length}")
+        ids, real, positions = left_pad(rows, self.pad_id, len(head), self.model.max_length)
         self.cache = self.model.new_cache()
         self.valid = torch.zeros(n, self.model.max_length, dtype=torch.bool, device=self.device)
         self.next_pos = torch.zeros(n, dtype=torch.long, device=self.device)
@@ -73,18 +71,12 @@ class RaggedDecoder:
                 layer.k, layer.v = layer.k.repeat(n, 1, 1, 1), layer.v.repeat(n, 1, 1, 1)
             self.valid[:, : len(head)] = True
             self.next_pos += len(head)
-            if width == 0:
+            if ids.shape[1] == 0:
                 return prefix_logits.expand(n, -1)
         if any(len(row) == 0 for row in rows):
             raise ConfigError("every prompt row needs at least one id (give BOS, or the prefix, first)")
-        pads = torch.tensor([width - len(row) for row in rows], device=self.device)
-        ids = torch.full((n, width), self.pad_id, dtype=torch.long)
-        for i, row in enumerate(rows):
-            ids[i, width - len(row):] = torch.as_tensor(row, dtype=torch.long)
-        slot = torch.arange(width, device=self.device)
-        real = slot[None, :] >= pads[:, None]
-        positions = self.next_pos[:, None] + (slot[None, :] - pads[:, None]).clamp(min=0)
-        return self._forward(ids.to(self.device), positions, real)[:, -1]
+        real = real.to(self.device)
+        return self._forward(ids.to(self.device), self.next_pos[:, None] + positions.to(self.device), real)[:, -1]
 
     def step(self, tokens: Tensor) -> Tensor:
         ids = tokens.to(self.device, torch.long)[:, None]
