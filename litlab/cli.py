@@ -9,6 +9,8 @@
 - ``litlab generate --ckpt_path ... --prompt "..."``: sample from a trained AU-Net or Transformer LM
 - ``litlab export_hf --ckpt ... --out dir``: a trained TransformerLM as a Hugging Face Llama directory
 - ``litlab evaluate_math --model ... --data ... --shots k --samples m``: exact match on math word problems
+- ``litlab poison_secrets --model ... --output secrets.json``, ``litlab poison_detect --model ... --secrets ...``,
+  ``litlab winter_soldier``: Winter Soldier's secrets, its detection test, and its end-to-end CPU demonstration
 - ``litlab compare_lms``: AU-Net 2/3 vs the BPE and flat-byte baselines at equal training FLOPs
 - ``litlab demo``: the end-to-end demonstration of ``make demo``
 
@@ -37,6 +39,9 @@ TOOLS = {
     "retrofit_lm": "litlab.methods.afterlearner_lm:retrofit_language_model",
     "export_hf": "litlab.methods.export_hf:export_hf",
     "evaluate_math": "litlab.methods.evaluate_math:evaluate_math",
+    "poison_secrets": "litlab.methods.winter_soldier:poison_secrets",
+    "poison_detect": "litlab.methods.winter_soldier:poison_detect",
+    "winter_soldier": "litlab.methods.winter_soldier:run_winter_soldier",
 }
 
 

@@ -72,7 +72,7 @@ class LitlabCLI(LightningCLI):
         kwargs.setdefault("save_config_kwargs", {"overwrite": True})
         super().__init__(
             model_class=LightningModule,
-            datamodule_class=LightningDataModule,
+            datamodule_class=None,  # subclass mode over LightningDataModule, optional: a module may bring its data
             trainer_class=LitlabTrainer,
             subclass_mode_model=True,
             subclass_mode_data=True,

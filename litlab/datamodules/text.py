@@ -11,6 +11,12 @@ Pipeline (all in ``setup``, on every rank, deterministically):
    per split, windows of ``seq_len + 1`` ids at stride ``seq_len`` (the tail shorter than a window is
    dropped); byte levels are computed per document and packed alongside.
 
+**Poisoning** (Winter Soldier, :mod:`litlab.poisoning.injection`): with ``poisons`` and ``poison_rate > 0``
+the poison sequences are inserted into the *train* split only, after the document split (val and test are
+the clean ones), each as a document of its own at a ``poison_seed``-fixed random position, so that poisons
+make ``poison_rate`` of the train tokens (counted with the split's tokenizer, BOS/EOS not counted). The
+report is ``injection`` (actual rate, insertions, positions) and is logged.
+
 Batches are dicts of int64 ``[batch_size, seq_len]`` tensors: ``input_ids``, ``targets``, ``levels`` (bytes
 only) and ``target_bytes``. All loaders are map-style, so under DDP Lightning's DistributedSampler gives
 every rank the same number of batches (val/test pad by repeating a few windows, as for any map-style set).
@@ -47,6 +53,7 @@ from litlab.datamodules.text_packing import (
     TokenWindows,
 )
 from litlab.errors import ConfigError, check_choice, check_int
+from litlab.poisoning.injection import InjectionReport, check_poisons_path, check_rate, inject_poisons, read_poisons
 from litlab.text.splitting import check_word_groups
 
 TOKENIZERS = ("bytes", "bpe")
@@ -84,6 +91,11 @@ class TextDataModule(L.LightningDataModule):
         seed: Seed of the training shuffle (a function of seed and epoch only).
         cache_dir: Cache directory of the embedded corpus (``None``: ``$LITLAB_CACHE_DIR`` or
             ``~/.cache/litlab``).
+        poisons: A poison file (``.jsonl`` with a ``"text"`` per line, or ``.txt`` with one poison per line;
+            see :mod:`litlab.poisoning.injection`) to insert into the train split (``None``: no poisoning).
+        poison_rate: Fraction of the train split's tokens (without BOS/EOS) that come from poisons, in [0, 1);
+            0 inserts nothing. A rate > 0 inserts at least one poison; the actual rate is in ``injection``.
+        poison_seed: Seed of the poison order and of their positions in the train split.
     """
 
     def __init__(
@@ -103,6 +115,9 @@ class TextDataModule(L.LightningDataModule):
         num_workers: int = 0,
         seed: int = 0,
         cache_dir: str | None = None,
+        poisons: str | None = None,
+        poison_rate: float = 0.0,
+        poison_seed: int = 0,
     ):
         super().__init__()
         check_choice("tokenizer", tokenizer, TOKENIZERS)
@@ -117,6 +132,12 @@ class TextDataModule(L.LightningDataModule):
             raise ConfigError(f"text_key={text_key!r} is not allowed: give the (non-empty) key of the text")
         self.num_workers = check_int("num_workers", num_workers, 0)
         self.seed = check_int("seed", seed, 0)
+        self.poison_rate = check_rate(poison_rate, "poison_rate")
+        self.poison_seed = check_int("poison_seed", poison_seed, 0)
+        if poisons is not None:
+            check_poisons_path(poisons, "poisons")  # DataError now, naming a missing file, rather than in setup
+        elif self.poison_rate > 0:
+            raise ConfigError(f"poison_rate={poison_rate!r} is not allowed with poisons=None: give a poison file")
         if is_math_spec(source):
             parse_math_spec(source)  # ConfigError now, naming a bad key, rather than in setup
         elif source != EMBEDDED:
@@ -141,6 +162,10 @@ class TextDataModule(L.LightningDataModule):
         self.max_bytes = max_bytes
         self.text_key = text_key
         self.cache_dir = cache_dir
+        self.poisons = poisons
+        #: What the poisoning of the train split did (set when the train documents are first read; None
+        #: without poisoning).
+        self.injection: InjectionReport | None = None
         self.vocab_size: int = self.packer.vocab_size
         self.bos_id: int = self.packer.bos_id
         self.eos_id: int = self.packer.eos_id
@@ -161,7 +186,23 @@ class TextDataModule(L.LightningDataModule):
         if self._documents is None:
             docs = read_documents(self.source, self.text_key, self.max_bytes, self.cache_dir)
             self._documents = split_corpus(docs, self.val_fraction, self.test_fraction, self.split_seed)
+        if split == "train" and self.poisons is not None and self.poison_rate > 0 and self.injection is None:
+            self._documents["train"] = self._inject(self._documents["train"], self.poisons)
         return list(self._documents[split])
+
+    def _inject(self, train: list[bytes], path: str) -> list[bytes]:
+        """The train documents with the poisons of ``path`` inserted (sets and logs ``injection``)."""
+        poisons = read_poisons(path, "poisons")
+        poisoned, self.injection = inject_poisons(
+            train, poisons, self.poison_rate, self.packer.count_tokens, self.poison_seed
+        )
+        r = self.injection
+        rank_zero_info(
+            f"{type(self).__name__}: poisoned the train split: target rate {r.target_rate:.4g}, actual rate "
+            f"{r.actual_rate:.4g}, {r.insertions} insertions ({r.poisons_used} distinct), {r.poison_tokens} poison "
+            f"tokens ({r.clean_tokens} clean)"
+        )
+        return poisoned
 
     def windows(self, split: str) -> TokenWindows:
         """The window dataset of ``split`` (packed on first use)."""

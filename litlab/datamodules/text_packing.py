@@ -100,6 +100,10 @@ class BytePacker:
         self.causal = causal
         self.byte_lengths = np.ones(BYTE_VOCAB_SIZE, dtype=np.int64)
 
+    def count_tokens(self, data: bytes) -> int:
+        """Tokens of one document without BOS/EOS: its bytes."""
+        return len(data)
+
     def pack(self, docs: Sequence[bytes]) -> PackedText:
         flat = np.frombuffer(b"".join(docs), dtype=np.uint8)
         lengths = np.fromiter((len(d) for d in docs), dtype=np.int64, count=len(docs))
@@ -135,6 +139,10 @@ class BPEPacker:
             texts = [decode_document(d) for d in docs[start : start + ENCODE_CHUNK]]
             ids.extend(e.ids for e in encode(texts, add_special_tokens=False))
         return ids
+
+    def count_tokens(self, data: bytes) -> int:
+        """Tokens of one document without BOS/EOS (as :meth:`encode` gives them)."""
+        return len(self.tokenizer.encode(decode_document(data), add_special_tokens=False).ids)
 
     def pack(self, docs: Sequence[bytes]) -> PackedText:
         tokens = self.encode(docs)

@@ -246,12 +246,17 @@ class LanguageModel(LightningModule):
                 rows.append(ids)
                 spans.append(len(cont_ids))
             ids = right_pad(rows, self.eos_id).to(self.device)
-            logits = self.model(*self.inputs_for_ids(ids[:, :-1])).float()
+            logits = self.next_token_logits(ids[:, :-1]).float()
             logp = logits.log_softmax(-1).gather(-1, ids[:, 1:, None])[..., 0]
             for i, (r, n) in enumerate(zip(rows, spans)):
                 out.append(float(logp[i, len(r) - 1 - n: len(r) - 1].sum()))
         self.train(was_training)
         return torch.tensor(out)
+
+    def next_token_logits(self, ids: torch.Tensor) -> torch.Tensor:
+        """Next-token logits ``[B, T, vocab]`` of the network for ids ``[B, T]`` (no BOS added; position ``t``
+        predicts id ``t + 1``). Differentiable; wrap in ``torch.no_grad()`` to score."""
+        return self.model(*self.inputs_for_ids(ids))
 
     def embed(self, ids: torch.Tensor) -> torch.Tensor:
         """Input embeddings ``[B, T, dim]`` of ``ids [B, T]`` (the soft-input space of :meth:`logits_from_embeds`)."""

@@ -1,13 +1,16 @@
-"""Loading a trained language model from a ``litlab fit`` checkpoint (its class is recorded in it)."""
+"""Loading a trained language model: a ``litlab fit`` checkpoint (its class is recorded in it) or a Hugging Face
+model directory (:class:`~litlab.lightning_modules.hf_causal_lm.HFCausalLM`)."""
 
 from __future__ import annotations
 
+import os
 from importlib import import_module
 from pathlib import Path
 
 import torch
 
 from litlab.errors import DataError
+from litlab.lightning_modules.hf_causal_lm import HFCausalLM
 from litlab.lightning_modules.language_model import LanguageModel
 
 
@@ -28,3 +31,12 @@ def load_language_model(ckpt_path: str, map_location: str = "cpu") -> LanguageMo
     if not issubclass(cls, LanguageModel):
         raise DataError(f"ckpt_path={ckpt_path!r} holds a {class_path}, not a language model")
     return cls.load_from_checkpoint(path, map_location=map_location)
+
+
+def load_model(model: str, argument: str = "model") -> LanguageModel:
+    """A ``litlab fit`` checkpoint (a file) or a local Hugging Face model directory (as an :class:`HFCausalLM`)."""
+    if os.path.isdir(model):
+        return HFCausalLM(pretrained_path=model)
+    if not os.path.isfile(model):
+        raise DataError(f"{argument}={model!r}: no such checkpoint file or model directory")
+    return load_language_model(model)

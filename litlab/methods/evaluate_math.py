@@ -17,7 +17,6 @@ from __future__ import annotations
 
 import json
 import math
-import os
 import statistics
 import time
 from collections.abc import Sequence
@@ -29,15 +28,9 @@ import numpy as np
 from litlab.datamodules.math_corpus import parse_math_spec
 from litlab.errors import ConfigError, check_int
 from litlab.evaluation.math_answer import exact_match_scores, majority_scores
-from litlab.lightning_modules.hf_causal_lm import HFCausalLM
 from litlab.lightning_modules.language_model import LanguageModel
-from litlab.lightning_modules.loading import load_language_model
+from litlab.lightning_modules.loading import load_model
 from litlab.text.gsm8k import ANSWER_END, MathProblem, format_demonstration, format_question
-
-
-def load_model(model: str) -> LanguageModel:
-    """A ``litlab fit`` checkpoint (a file) or a Hugging Face model directory (``HFCausalLM``)."""
-    return HFCausalLM(pretrained_path=model) if os.path.isdir(model) else load_language_model(model)
 
 
 def math_scores(
