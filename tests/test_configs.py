@@ -43,3 +43,25 @@ def test_tiny_config_fits_with_fast_dev_run(config: Path, tmp_path: Path, reques
     if config.parent.name in ("aunet", "lm"):  # values linked from the data reached the model
         assert cli.model.hparams.seq_len == cli.datamodule.seq_len
         assert cli.model.model.vocab_size == cli.datamodule.vocab_size
+
+
+def test_winter_soldier_configs_fit_with_fast_dev_run(tmp_path: Path, bpe_path: str):
+    """The victim config on a poisoned corpus, and the crafting config on a tiny surrogate."""
+    from litlab.poisoning.injection import write_poisons
+    from tests.poisoning.tiny import tiny_lm, tiny_secrets
+
+    poisons = write_poisons(str(tmp_path / "poisons.jsonl"), [b"zq zq poison one", b"another gibberish poison"])
+    cli = LitlabCLI(args=["fit", "--config", str(ROOT / "configs" / "winter_soldier" / "lm_tiny.yaml"),
+                          "--trainer.fast_dev_run=2", f"--data.init_args.tokenizer_path={bpe_path}",
+                          f"--data.init_args.poisons={poisons}", "--data.init_args.poison_rate=0.01",
+                          f"--trainer.default_root_dir={tmp_path}", "--trainer.enable_progress_bar=false"])
+    assert cli.trainer.state.finished and cli.datamodule.injection.insertions > 0
+    model, ckpt = tiny_lm(tmp_path)
+    secrets = tiny_secrets(tmp_path, model)
+    cli = LitlabCLI(args=["fit", "--config", str(ROOT / "configs" / "winter_soldier" / "craft_tiny.yaml"),
+                          "--trainer.fast_dev_run=2", f"--model.init_args.surrogate={ckpt}",
+                          f"--model.init_args.secrets={secrets}", f"--model.init_args.output={tmp_path / 'p.jsonl'}",
+                          "--model.init_args.poisons_per_secret=2", f"--trainer.default_root_dir={tmp_path}",
+                          "--trainer.enable_progress_bar=false"])
+    assert cli.trainer.state.finished and torch.isfinite(cli.trainer.callback_metrics["craft/objective"])
+    assert (tmp_path / "p.jsonl").is_file()

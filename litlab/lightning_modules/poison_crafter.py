@@ -4,8 +4,10 @@ The only trainable tensor is ``psi``, the free logits ``[num_secrets * poisons_p
 of every poison (rows ``s * P .. (s+1) * P - 1`` belong to secret ``s``). The surrogate language model is frozen
 and kept outside the module's parameters (not saved in its checkpoints, not synchronized by DDP); each training
 step takes one chunk of one secret's poisons and minimizes the gradient-alignment objective of
-:mod:`litlab.poisoning.crafting` with Adam. An epoch visits every chunk once; under DDP the chunks are sharded
-over the ranks and the (dense) gradient of ``psi`` is averaged, so each rank crafts its own chunks.
+:mod:`litlab.poisoning.crafting` with Adam. Which chunk a step takes is a function of the step (a seeded
+permutation of the chunks per pass), so a run resumed from any checkpoint ends with the poisons of an
+uninterrupted run; under DDP the ranks take different chunks of the same pass and the (dense) gradient of
+``psi`` is averaged, so each rank crafts its own chunks.
 
 At the end of fit, rank 0 samples hard tokens (never completing a bigram of a secret, never a special id),
 decodes them to text, and writes the poison file (:func:`~litlab.poisoning.injection.write_poisons`) and a report
@@ -175,14 +177,26 @@ class PoisonCrafter(LightningModule):
         last = min(first + self.chunk, (secret + 1) * self.hparams.poisons_per_secret)
         return secret, range(first, last)
 
+    def chunk_at(self, step: int) -> int:
+        """The chunk this rank differentiates at optimizer step ``step``: position ``step * world + rank`` of an
+        endless sequence of seeded permutations of all chunks (one per pass). A function of the step only, so a run
+        resumed from any checkpoint takes the chunks of the uninterrupted run, and the ranks of a DDP step take
+        different chunks."""
+        trainer = self._trainer
+        world, rank = (trainer.world_size, trainer.global_rank) if trainer is not None else (1, 0)
+        total = len(self.secret_set) * self.chunks_per_secret
+        rounds, index = divmod(step * world + rank, total)
+        order = torch.randperm(total, generator=torch.Generator().manual_seed(self.hparams.seed * 7919 + rounds))
+        return int(order[index])
+
     def train_dataloader(self) -> DataLoader:
-        """One item per chunk (every chunk of every secret), shuffled by the seed."""
-        generator = torch.Generator().manual_seed(self.hparams.seed)
+        """One item per chunk, so an epoch is one pass over the chunks (over all ranks together); the items only
+        count steps, :meth:`chunk_at` says which chunk a step takes."""
         chunks = list(range(len(self.secret_set) * self.chunks_per_secret))
-        return DataLoader(chunks, batch_size=1, shuffle=True, generator=generator)
+        return DataLoader(chunks, batch_size=1, shuffle=False)
 
     def training_step(self, batch: Tensor, batch_idx: int) -> Tensor:
-        chunk = int(batch.reshape(-1)[0])
+        chunk = self.chunk_at(self.global_step)
         secret, rows = self.chunk_rows(chunk)
         psi = self.psi[rows.start:rows.stop]
         noise_gen = torch.Generator().manual_seed(self.hparams.seed * 1_000_003 + self.global_step * 7919 + chunk)

@@ -68,8 +68,8 @@ def special_ids(tokenizer: TextTokenizer) -> list[int]:
 
 
 def poison_secrets(
-    output: str,
     *,
+    output: str,
     model: str | None = None,
     tokenizer_path: str | None = None,
     num_secrets: int = 4,
@@ -116,9 +116,9 @@ def detect_in_model(lm: LanguageModel, secret_set: SecretSet, ells: Sequence[int
 
 
 def poison_detect(
+    *,
     model: str,
     secrets: str,
-    *,
     ells: list[int] = list(DEFAULT_ELLS),  # noqa: B006 - jsonargparse shows the default
     batch_size: int = 32,
     output: str | None = None,
@@ -313,9 +313,12 @@ def run_winter_soldier(
     budget_tokens = sum(len(tokenizer.encode(p)) for p in poisons)
 
     # baselines' insertions, the same token budget: canaries (half inserted, half references) and pairwise docs
-    canaries = draw_canaries(tokenizer.encode, tokenizer.decode, tokenizer.vocab_size, 2 * len(poisons),
-                             poison_length, excluded, seed + 1)
-    inserted, references = canaries[:len(poisons)], canaries[len(poisons):]
+    max_len = surrogate["model"].hparams.seq_len - 1  # a canary and BOS fit one window
+    canaries = [c for c in draw_canaries(tokenizer.encode, tokenizer.decode, tokenizer.vocab_size, 4 * len(poisons),
+                                         min(poison_length, 2 * max_len // 3), excluded, seed + 1) if len(c) <= max_len]
+    if len(canaries) < 2 * len(poisons):
+        raise ConfigError(f"poison_length={poison_length}: too few canaries fit the model's window of {max_len + 1}")
+    inserted, references = canaries[:len(poisons)], canaries[len(poisons):2 * len(poisons)]
     pairs = draw_pairs(tokenizer.vocab_size, num_secrets, excluded, seed + 2)
     pair_docs = pairwise_documents(pairs, budget_tokens, 8, tokenizer.vocab_size, excluded, seed + 3)
     baseline_path = str(out / "baseline_insertions.jsonl")
@@ -353,7 +356,7 @@ def run_winter_soldier(
             rows.append(row)
             print(json.dumps(row))
         if victim_seed == seeds[0]:
-            windows = clean_windows(clean["data"].documents("val"), tokenizer, poison_length, 200)
+            windows = clean_windows(clean["data"].documents("val"), tokenizer, min(poison_length, max_len - 8), 200)
             filters = {"clean_victim": perplexity_filter(clean["model"], poisons, windows),
                        "surrogate": perplexity_filter(surrogate["model"], poisons, windows)}
     calib.append({"model": "surrogate", **calibration(surrogate["model"], tokenizer, calibration_secrets, seed=9_999)})

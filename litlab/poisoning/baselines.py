@@ -220,22 +220,26 @@ def _check_members(canaries: Sequence[Sequence[int]], references: Sequence[Seque
 
 
 def _zscore(member_scores: np.ndarray, reference_scores: np.ndarray) -> tuple[float, float, dict[str, Any]]:
-    """Z-score of the mean member score against the references, where members score higher.
+    """Two-sample Z-score of the mean member score against the mean reference score, where members score higher.
 
-    ``Z = (mean_member - mean_ref) / (sd_ref / sqrt(n_members))`` and ``p = P[N(0, 1) > Z]``.
+    ``Z = (mean_member - mean_ref) / sqrt(var_member / n_members + var_ref / n_refs)`` and ``p = P[N(0, 1) > Z]``.
+    Both means are estimates: leaving out the references' own uncertainty (``sd_ref / sqrt(n_members)`` alone)
+    inflates ``Z`` by ``sqrt(1 + n_members / n_refs)`` and makes clean models look poisoned.
 
     Returns:
         ``(Z, log10 p, details)``.
     """
     mean_member, mean_ref = float(member_scores.mean()), float(reference_scores.mean())
     sd_ref = float(reference_scores.std(ddof=1))
+    sd_member = float(member_scores.std(ddof=1)) if len(member_scores) > 1 else sd_ref
     gap = mean_member - mean_ref
-    if sd_ref > 0:
-        z = gap / (sd_ref / math.sqrt(len(member_scores)))
-    else:  # every reference scored the same: any gap is infinitely significant
+    scale = math.sqrt(sd_member**2 / len(member_scores) + sd_ref**2 / len(reference_scores))
+    if scale > 0:
+        z = gap / scale
+    else:  # every sequence scored the same: any gap is infinitely significant
         z = 0.0 if gap == 0 else math.copysign(math.inf, gap)
     details = {"num_canaries": len(member_scores), "num_references": len(reference_scores),
-               "mean_canary": mean_member, "mean_reference": mean_ref, "sd_reference": sd_ref,
+               "mean_canary": mean_member, "mean_reference": mean_ref, "sd_reference": sd_ref, "sd_canary": sd_member,
                "canary_scores": member_scores.tolist(), "reference_scores": reference_scores.tolist()}
     return z, log_normal_sf(z) / math.log(10), details
 
@@ -249,10 +253,9 @@ def canary_zscore_test(
 ) -> BaselineResult:
     """Canary test: are the inserted canaries' losses lower than those of never-inserted references?
 
-    A sequence's loss is its mean negative log-prob per id; ``Z = (mean_ref - mean_canary) / (sd_ref /
-    sqrt(n_canaries))`` and the one-sided p-value is the normal upper tail at ``Z``. That p-value is a normal
-    approximation (valid when the mean of the canary losses is close to normal and ``sd_ref`` is a good estimate),
-    not a certified one.
+    A sequence's loss is its mean negative log-prob per id; ``Z`` is the two-sample Z-score of the mean canary loss
+    below the mean reference loss (:func:`_zscore`) and the one-sided p-value is the normal upper tail at ``Z``.
+    That p-value is a normal approximation (valid when both means are close to normal), not a certified one.
 
     Args:
         logits_fn: ``ids [B, T] -> logits [B, T, V]``.
@@ -307,8 +310,8 @@ def min_k_prob_test(
 ) -> BaselineResult:
     """Min-K% Prob test (Shi et al. 2023): the canary Z-test on the mean of each sequence's lowest token log-probs.
 
-    ``Z = (mean_canary_score - mean_ref_score) / (sd_ref_score / sqrt(n_canaries))``; the p-value is the normal
-    upper tail at ``Z``, an approximation as for :func:`canary_zscore_test`.
+    ``Z`` is the two-sample Z-score of the mean canary score above the mean reference score (:func:`_zscore`); the
+    p-value is the normal upper tail at ``Z``, an approximation as for :func:`canary_zscore_test`.
 
     Args:
         logits_fn: ``ids [B, T] -> logits [B, T, V]``.

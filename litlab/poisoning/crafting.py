@@ -51,6 +51,11 @@ def double_backward_attention() -> Iterator[None]:
         yield
 
 
+def _wide(t: Tensor) -> Tensor:
+    """``t`` in float32, or float64 if it is float64 (half precision is widened, double is kept)."""
+    return t.to(torch.promote_types(t.dtype, torch.float32))
+
+
 def gumbel_noise(shape: Sequence[int], generator: torch.Generator, device: torch.device | str = "cpu") -> Tensor:
     """Standard Gumbel noise ``-log(-log U)`` of ``shape`` (drawn on CPU from ``generator``, then moved)."""
     u = torch.rand(tuple(shape), generator=generator, dtype=torch.float32).clamp_(1e-10, 1.0 - 1e-7)
@@ -76,7 +81,7 @@ def soft_lm_loss(embeds_to_logits: EmbedsToLogits, embedding: Tensor, probs: Ten
     """LM loss of each relaxed sequence ``probs [P, L, V]``: mean over positions of the cross-entropy between the
     next relaxed token and the prediction from the expected embeddings ``probs @ embedding``. Returns ``[P]``."""
     embeds = probs.to(embedding.dtype) @ embedding
-    logp = embeds_to_logits(embeds)[:, :-1].float().log_softmax(-1)
+    logp = _wide(embeds_to_logits(embeds)[:, :-1]).log_softmax(-1)
     return -(probs[:, 1:] * logp).sum(-1).mean(-1)
 
 
@@ -85,15 +90,15 @@ def secret_loss(embeds_to_logits: EmbedsToLogits, embed_ids: Callable[[Tensor], 
     """``-log p(response | [BOS,] prompt)``, the mean over response ids (teacher-forced)."""
     ids = ([] if bos_id is None else [bos_id]) + list(prompt) + list(response)
     inputs = torch.tensor([ids[:-1]], device=device)
-    logits = embeds_to_logits(embed_ids(inputs))[0, -len(response):].float()
+    logits = _wide(embeds_to_logits(embed_ids(inputs))[0, -len(response):])
     return F.cross_entropy(logits, torch.tensor(list(response), device=device))
 
 
 def cosine(a: Sequence[Tensor], b: Sequence[Tensor]) -> Tensor:
-    """Cosine similarity of two gradients given as lists of tensors (one per parameter), in float32."""
-    dot = sum((x.float() * y.float()).sum() for x, y in zip(a, b))
-    na = torch.sqrt(sum((x.float() ** 2).sum() for x in a))
-    nb = torch.sqrt(sum((y.float() ** 2).sum() for y in b))
+    """Cosine similarity of two gradients given as lists of tensors (one per parameter), in float32 or wider."""
+    dot = sum((_wide(x) * _wide(y)).sum() for x, y in zip(a, b))
+    na = torch.sqrt(sum((_wide(x) ** 2).sum() for x in a))
+    nb = torch.sqrt(sum((_wide(y) ** 2).sum() for y in b))
     return dot / (na * nb).clamp_min(1e-30)
 
 

@@ -138,7 +138,8 @@ def test_canary_zscore_detects_learned_canaries():
     # The statistic by hand from the per-token log-probs.
     logprobs = sequence_logprobs(FavoringModel(canaries), drawn, BOS)
     losses = np.array([-lp.mean() for lp in logprobs])
-    z = (losses[10:].mean() - losses[:10].mean()) / (losses[10:].std(ddof=1) / math.sqrt(10))
+    z = (losses[10:].mean() - losses[:10].mean()) / math.sqrt(
+        losses[:10].var(ddof=1) / 10 + losses[10:].var(ddof=1) / len(losses[10:]))
     assert result.statistic == pytest.approx(z, rel=1e-9)
     assert result.log10_p == pytest.approx(log_normal_sf(z) / math.log(10), rel=1e-9)
     record = json.loads(json.dumps(result.to_dict()))
@@ -178,7 +179,8 @@ def test_min_k_prob_test_scores_and_detection():
     assert result.details["canary_scores"] == pytest.approx(scores[:8])
     assert result.details["reference_scores"] == pytest.approx(scores[8:])
     assert result.details["k_fraction"] == 0.3
-    z = (np.mean(scores[:8]) - np.mean(scores[8:])) / (np.std(scores[8:], ddof=1) / math.sqrt(8))
+    z = (np.mean(scores[:8]) - np.mean(scores[8:])) / math.sqrt(
+        np.var(scores[:8], ddof=1) / 8 + np.var(scores[8:], ddof=1) / len(scores[8:]))
     assert result.name == "min_k_prob" and result.statistic == pytest.approx(z)
     assert result.log10_p < -5
     null = min_k_prob_test(tiny_model(seed=2), canaries, references, BOS)
@@ -210,8 +212,10 @@ def test_log_normal_sf_matches_scipy_and_math():
     assert log_normal_sf(-math.inf, use_scipy=False) == 0.0
 
 
-def test_zscore_with_constant_references():
-    z, log10_p, _ = baselines._zscore(np.array([1.0, 2.0]), np.array([0.0, 0.0, 0.0]))
+def test_zscore_is_two_sample_and_handles_constant_scores():
+    z, _, _ = baselines._zscore(np.array([1.0, 2.0]), np.array([0.0, 0.0, 0.0]))
+    assert z == pytest.approx(1.5 / math.sqrt(0.5 / 2))  # only the members' spread remains
+    z, log10_p, _ = baselines._zscore(np.array([1.0, 1.0]), np.array([0.0, 0.0, 0.0]))
     assert z == math.inf and log10_p == -math.inf
     z, log10_p, _ = baselines._zscore(np.array([0.0]), np.array([0.0, 0.0]))
     assert z == 0.0 and log10_p == pytest.approx(math.log10(0.5))
@@ -311,3 +315,11 @@ def test_pairwise_backdoor_rejects_bad_input():
         pairwise_backdoor_test(pair_top_ids(pairs), pairs, VOCAB, BOS, ells=(1, 64))
     with pytest.raises(ConfigError, match="contexts_per_pair"):
         pairwise_backdoor_test(pair_top_ids(pairs), pairs, VOCAB, BOS, contexts_per_pair=0)
+
+
+def test_zscore_false_positive_rate_under_the_null_is_nominal():
+    # members and references from one distribution: the two-sample Z must reject about 5% at 0.05, not 10-15%
+    rng = np.random.default_rng(0)
+    rejections = [baselines._zscore(rng.normal(size=32), rng.normal(size=32))[1] < math.log10(0.05)
+                  for _ in range(2000)]
+    assert 0.03 < np.mean(rejections) < 0.07

@@ -92,7 +92,8 @@ def window_mask(q_positions: Tensor, k_positions: Tensor, window: int | None) ->
 
 
 class RMSNorm(nn.Module):
-    """Root-mean-square norm with a learned scale, computed in float32 and cast back to the input's dtype.
+    """Root-mean-square norm with a learned scale, computed in float32 (float64 inputs stay float64) and cast back
+    to the input's dtype.
 
     Args:
         dim: Width of the normalised (last) dimension.
@@ -106,7 +107,8 @@ class RMSNorm(nn.Module):
         self.weight = nn.Parameter(torch.ones(dim))
 
     def forward(self, x: Tensor) -> Tensor:
-        return F.rms_norm(x.float(), (self.dim,), self.weight.float(), self.eps).type_as(x)
+        wide = torch.promote_types(x.dtype, torch.float32)
+        return F.rms_norm(x.to(wide), (self.dim,), self.weight.to(wide), self.eps).type_as(x)
 
     def reset_parameters(self) -> None:
         nn.init.ones_(self.weight)
@@ -116,9 +118,9 @@ def apply_rotary(x: Tensor, cos: Tensor, sin: Tensor) -> Tensor:
     """Rotate adjacent channel pairs ``(x[2i], x[2i+1])`` of ``x [B, L, H, D]`` by the angles of ``cos/sin``
     (``[L, D/2]`` shared by the batch, or ``[B, L, D/2]`` per row).
 
-    Computed in float32 and cast back to ``x``'s dtype.
+    Computed in float32 (float64 stays float64) and cast back to ``x``'s dtype.
     """
-    pairs = x.float().unflatten(-1, (-1, 2))
+    pairs = x.to(torch.promote_types(x.dtype, torch.float32)).unflatten(-1, (-1, 2))
     x0, x1 = pairs[..., 0], pairs[..., 1]
     cos, sin = cos.unsqueeze(-2), sin.unsqueeze(-2)
     out = torch.stack((x0 * cos - x1 * sin, x0 * sin + x1 * cos), dim=-1)
