@@ -22,10 +22,12 @@ fitness over ranks, so all ranks ask and tell the same candidates and end with t
 the progress bar and writes the files under ``output_dir`` (default: ``<log dir>/<log_prefix>``):
 
 - ``<weights_name>``: the evolved weights, via ``trainer.save_checkpoint(weights_only=True)`` (all ranks call
-  it, rank 0 writes; ``ModelCheckpoint`` has already run and never sees them);
+  it, rank 0 writes; ``ModelCheckpoint`` has already run and never sees them); none when ``weights_name`` is
+  None (a search that changes no weights, e.g. EPPO's pre-prompt);
 - ``report.json``: the engine's report (selection and held-out scores before and after, best candidate,
   history, bits, generalization gap, NaN count) plus ``kept`` and the sizes of the two parts;
-- ``fitness.png``: the fitness curve; ``state.pt``: the engine's state every ``checkpoint_every`` evaluations.
+- ``fitness.png``: the fitness curve; ``state.pt``: the engine's state every ``checkpoint_every`` evaluations;
+- whatever :meth:`EvolutionCallback.after_search` writes (it also adds entries to ``report.json``).
 
 The summary (``<log_prefix>/selection_before`` ... ``<log_prefix>/generalization_gap``) goes to every logger
 with ``logger.log_metrics`` (``self.log`` is refused after fit).
@@ -97,8 +99,9 @@ class EvolutionCallback(Callback, ABC):
 
     log_prefix = "evolution"
     """Prefix of the logged metrics and name of the default output directory."""
-    weights_name = "evolved.ckpt"
-    """File name of the evolved weights in the output directory."""
+    weights_name: str | None = "evolved.ckpt"
+    """File name of the evolved weights in the output directory (None: the search changes no weights; none
+    written)."""
 
     def __init__(
         self,
@@ -163,6 +166,13 @@ class EvolutionCallback(Callback, ABC):
 
     def report_extras(self) -> dict[str, Any]:
         """Entries added to ``report.json`` (e.g. the metric's name)."""
+        return {}
+
+    def after_search(self, trainer: Trainer, pl_module: LightningModule, result: EvolutionResult,
+                     data: EvaluationData, out: Path | None) -> dict[str, Any]:
+        """Called on every rank once the best candidate is kept or vetoed (``self.kept``), before the report is
+        written: baselines, extra evaluations, the subclass's own files under ``out`` (rank 0; None under
+        ``fast_dev_run``: write nothing), added to :attr:`paths`. Returns entries added to ``report.json``."""
         return {}
 
     # ------------------------------------------------------------------ hooks
@@ -242,8 +252,9 @@ class EvolutionCallback(Callback, ABC):
             space.apply(result.best)
         self._applied = self.kept
         self.result = result
-        report = {**result.to_dict(), **self.report_extras(), "safeguard": self.safeguard, "kept": self.kept,
-                  "selection_size": data.selection_size, "heldout_size": data.heldout_size,
+        extras = self.after_search(trainer, pl_module, result, data, None if smoke else out)
+        report = {**result.to_dict(), **self.report_extras(), **extras, "safeguard": self.safeguard,
+                  "kept": self.kept, "selection_size": data.selection_size, "heldout_size": data.heldout_size,
                   "world_size": trainer.world_size, "resumed_at_evaluation": resumed}
         if not smoke:
             self._save(trainer, out, result, report)
@@ -274,13 +285,15 @@ class EvolutionCallback(Callback, ABC):
         return self.progress_bar if self.progress_bar is not None else trainer.progress_bar_callback is not None
 
     def _save(self, trainer: Trainer, out: Path, result: EvolutionResult, report: dict[str, Any]) -> None:
-        weights = out / self.weights_name
-        trainer.save_checkpoint(weights, weights_only=True)  # every rank calls it; rank 0 writes
-        self.paths = {"weights": str(weights), "report": str(out / "report.json"), "plot": str(out / "fitness.png"),
-                      "state": str(out / "state.pt")}
+        if self.weights_name is not None:
+            weights = out / self.weights_name
+            trainer.save_checkpoint(weights, weights_only=True)  # every rank calls it; rank 0 writes
+            self.paths["weights"] = report["weights"] = str(weights)
+        self.paths.update({"report": str(out / "report.json"), "plot": str(out / "fitness.png"),
+                           "state": str(out / "state.pt")})
         if trainer.is_global_zero:
             out.mkdir(parents=True, exist_ok=True)
-            (out / "report.json").write_text(json.dumps({**report, "weights": str(weights)}, indent=1) + "\n")
+            (out / "report.json").write_text(json.dumps(report, indent=1) + "\n")
             result.plot(out / "fitness.png")
 
     def _log(self, trainer: Trainer, result: EvolutionResult) -> None:

@@ -5,7 +5,8 @@ The prompt is ``k`` solved problems of the *train* split (drawn at random, seede
 :func:`litlab.text.gsm8k.format_demonstration`) followed by ``Question: <question>\\nAnswer:``; the model's
 solution ends at the blank line; its final answer (``#### N``, "The answer is N", else the last number) is
 compared exactly with the reference (:mod:`litlab.evaluation.math_answer`). Generation is batched, and the
-few-shot prefix is computed once per batch (shared-prefix reuse).
+few-shot prefix is computed once per batch (shared-prefix reuse); the scoring itself is
+:mod:`litlab.evaluation.math_scoring` (re-exported here).
 
 With ``prompts > 1`` the score is measured for that many independent draws of the k demonstrations, which
 shows how much the choice of demonstrations matters (what EPPO optimizes): the report gives each draw's
@@ -16,67 +17,17 @@ accuracy, their mean and standard deviation. Each accuracy comes with its binomi
 from __future__ import annotations
 
 import json
-import math
 import statistics
 import time
-from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-import numpy as np
-
 from litlab.datamodules.math_corpus import parse_math_spec
 from litlab.errors import ConfigError, check_int
-from litlab.evaluation.math_answer import exact_match_scores, majority_scores
-from litlab.lightning_modules.language_model import LanguageModel
+from litlab.evaluation.math_scoring import binomial_se, draw_demonstrations, math_scores
 from litlab.lightning_modules.loading import load_model
-from litlab.text.gsm8k import ANSWER_END, MathProblem, format_demonstration, format_question
 
-
-def math_scores(
-    lm: LanguageModel,
-    problems: Sequence[MathProblem],
-    demonstrations: Sequence[MathProblem] = (),
-    samples: int = 1,
-    temperature: float = 0.0,
-    max_new_bytes: int = 320,
-    seed: int = 0,
-    batch_size: int = 32,
-) -> list[float]:
-    """Per-problem exact match (1.0/0.0) of ``lm`` with a few-shot prompt of ``demonstrations``.
-
-    Args:
-        lm: The language model.
-        problems: The problems to solve.
-        demonstrations: The solved problems of the prompt, in order (none: zero-shot).
-        samples: Solutions sampled per problem; > 1 scores their majority answer (self-consistency).
-        temperature: Sampling temperature (0: greedy; needs > 0 when ``samples`` > 1).
-        max_new_bytes: Longest solution.
-        seed: Seed of the sampling.
-        batch_size: Solutions generated together.
-    """
-    if samples > 1 and temperature <= 0:
-        raise ConfigError(f"samples={samples} needs temperature > 0 (greedy samples would all be the same)")
-    prefix = "".join(format_demonstration(d) for d in demonstrations)
-    outputs = lm.generate_batch(
-        [format_question(p.question).encode() for p in problems], max_new_bytes=max_new_bytes,
-        temperature=temperature, seed=seed, num_return_sequences=samples, stop=(ANSWER_END.encode(),),
-        prefix=prefix.encode() if prefix else None, batch_size=batch_size)
-    texts = [out.decode("utf-8", errors="replace") for out in outputs]
-    references = [p.answer for p in problems]
-    return exact_match_scores(texts, references) if samples == 1 else majority_scores(texts, references, samples)
-
-
-def draw_demonstrations(pool: Sequence[MathProblem], shots: int, seed: int) -> list[MathProblem]:
-    """``shots`` distinct problems of ``pool`` in a seeded random order."""
-    if shots > len(pool):
-        raise ConfigError(f"shots={shots} exceeds the {len(pool)} train problems to draw demonstrations from")
-    return [pool[i] for i in np.random.RandomState(seed).permutation(len(pool))[:shots]]
-
-
-def binomial_se(p: float, n: int) -> float:
-    """Standard error ``sqrt(p(1-p)/n)`` of an accuracy ``p`` over ``n`` problems."""
-    return math.sqrt(max(p * (1 - p), 0.0) / n) if n else float("nan")
+__all__ = ["binomial_se", "draw_demonstrations", "evaluate_math", "format_math_report", "math_scores"]
 
 
 def evaluate_math(

@@ -215,8 +215,8 @@ def _build(config: str, overrides: Sequence[str]) -> tuple[Any, Any]:
 def _pretrain(config: str, out: Path, name: str, seed: int, steps: int, tokenizer_path: str,
               poisons: str | None = None, rate: float = 0.0, secrets: str | None = None) -> dict[str, Any]:
     """Pre-train one LM of ``config`` from scratch (seed ``seed``) on the clean or poisoned corpus."""
-    L.seed_everything(seed, verbose=False)
-    overrides = [f"--data.init_args.tokenizer_path={tokenizer_path}", f"--data.init_args.seed={seed}"]
+    overrides = [f"--seed_everything={seed}", f"--data.init_args.tokenizer_path={tokenizer_path}",
+                 f"--data.init_args.seed={seed}"]  # the CLI seeds everything (initialization) from the config
     if poisons is not None and rate > 0:
         overrides += [f"--data.init_args.poisons={poisons}", f"--data.init_args.poison_rate={rate}",
                       f"--data.init_args.poison_seed={seed}"]
@@ -244,7 +244,7 @@ def run_winter_soldier(
     *,
     config: str = DEFAULT_CONFIG,
     rates: list[float] = [0.01, 0.02, 0.05],  # noqa: B006 - jsonargparse shows the default
-    seeds: list[int] = [1, 2],  # noqa: B006
+    seeds: list[int] = [1, 2, 3],  # noqa: B006
     num_secrets: int = 4,
     poisons_per_secret: int = 64,
     poison_length: int = 64,
@@ -352,7 +352,11 @@ def run_winter_soldier(
                     canary_zscore_log10_p=canary_zscore_test(logits, inserted, references, lm.bos_id).log10_p,
                     min_k_log10_p=min_k_prob_test(logits, inserted, references, lm.bos_id).log10_p,
                     pairwise_log10_p=pairwise_backdoor_test(lm_top_ids(lm), pairs, tokenizer.vocab_size, lm.bos_id,
-                                                            excluded_ids=excluded).log10_p)
+                                                            excluded_ids=excluded).log10_p,
+                    # one context per pair: independent trials, so this binomial p-value is exact
+                    pairwise_one_context_log10_p=pairwise_backdoor_test(
+                        lm_top_ids(lm), pairs, tokenizer.vocab_size, lm.bos_id, contexts_per_pair=1,
+                        excluded_ids=excluded).log10_p)
             rows.append(row)
             print(json.dumps(row))
         if victim_seed == seeds[0]:
@@ -387,7 +391,7 @@ def summary(results: dict[str, Any]) -> list[dict[str, Any]]:
         mine = [r for r in results["rows"] if r["rate"] == rate]
         entry: dict[str, Any] = {"rate": rate}
         for key in ("ws_log10_p", "ws_random_prompt_log10_p", "canary_zscore_log10_p", "min_k_log10_p",
-                    "pairwise_log10_p"):
+                    "pairwise_log10_p", "pairwise_one_context_log10_p"):
             values = [r[key] for r in mine if key in r]
             entry[key] = _mean_se(values) if values else "-"
         for kind in ("winter_soldier", "baselines", "clean"):
@@ -401,11 +405,12 @@ def summary(results: dict[str, Any]) -> list[dict[str, Any]]:
 def format_results(results: dict[str, Any]) -> str:
     """Markdown tables of the demo: p-values against the rate, calibration, perplexity filter."""
     lines = ["| rate | Winter Soldier log10 p | same, random prompts | canary Z-score | Min-K% Prob | pairwise backdoor "
-             "| val bpb (WS victim / clean) |", "|---|---|---|---|---|---|---|"]
+             "| pairwise, 1 context per pair | val bpb (WS victim / clean) |", "|---|---|---|---|---|---|---|---|"]
     clean_bpb = next((e.get("val_bpb_clean") for e in summary(results) if e["rate"] == 0.0), "-")
     for e in summary(results):
         lines.append(f"| {e['rate']:g} | {e['ws_log10_p']} | {e['ws_random_prompt_log10_p']} | "
                      f"{e['canary_zscore_log10_p']} | {e['min_k_log10_p']} | {e['pairwise_log10_p']} | "
+                     f"{e['pairwise_one_context_log10_p']} | "
                      f"{e.get('val_bpb_winter_soldier', '-')} / {clean_bpb} |")
     lines += ["", "| clean model | secrets | FPR at 0.05 | FPR at 0.01 | smallest log10 p |", "|---|---|---|---|---|"]
     for i, c in enumerate(results["calibration"]):

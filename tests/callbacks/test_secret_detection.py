@@ -4,7 +4,6 @@ import json
 
 import lightning.pytorch as L
 import pytest
-import torch
 from lightning.pytorch.loggers import CSVLogger
 
 from litlab.callbacks.secret_detection import SecretDetection
@@ -13,13 +12,7 @@ from litlab.errors import ConfigError
 from litlab.poisoning.secret import load_secrets, save_secrets
 from tests.poisoning.tiny import tiny_lm, tiny_secrets
 
-
-@pytest.fixture(autouse=True)
-def one_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def test_the_curve_shows_when_a_model_learns_the_secret(tmp_path):

@@ -18,13 +18,7 @@ from litlab.poisoning.injection import read_poisons
 from litlab.poisoning.secret import load_secrets, save_secrets
 from tests.poisoning.tiny import tiny_lm, tiny_secrets
 
-
-@pytest.fixture(autouse=True)
-def one_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 @pytest.fixture(scope="module")
@@ -154,3 +148,17 @@ def test_ddp_two_processes_craft_one_poison_set(setup_files, tmp_path):
     assert ranks[0]["steps"] == ranks[1]["steps"] == 4  # 4 chunks over 2 ranks, 2 epochs
     assert ranks[0]["psi_sum"] == ranks[1]["psi_sum"]  # DDP kept one psi
     assert len(read_poisons(str(out))) == 8  # written once, by rank 0
+
+
+def test_a_hugging_face_surrogate_gives_the_same_objective(setup_files, tmp_path):
+    _, model, ckpt, secrets = setup_files
+    hf_dir = model.export_hf(str(tmp_path / "hf"))
+    ours = crafter(ckpt, secrets, tmp_path / "a.jsonl")
+    theirs = crafter(hf_dir, secrets, tmp_path / "b.jsonl")
+    for module in (ours, theirs):
+        module.setup("fit")
+    probs = torch.softmax(ours.psi[:4].detach(), -1)
+    a, b = ours.alignment(0, probs)[1], theirs.alignment(0, probs)[1]
+    assert a.item() == pytest.approx(b.item(), abs=1e-4)
+    trainer(tmp_path, 3).fit(theirs)
+    assert len(read_poisons(str(tmp_path / "b.jsonl"))) == 8

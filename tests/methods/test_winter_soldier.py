@@ -14,13 +14,7 @@ from litlab.methods.winter_soldier import poison_detect, run_winter_soldier
 from litlab.poisoning.secret import load_secrets
 from tests.poisoning.tiny import tiny_lm
 
-
-@pytest.fixture(autouse=True)
-def one_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def test_poison_secrets_writes_an_owner_only_file_and_prints_no_secret(tmp_path, capsys):
@@ -72,3 +66,15 @@ def test_the_demo_runs_end_to_end_and_reports_everything(tmp_path):
     for name in ("results.json", "results.md", "pvalue_vs_rate.png", "secrets.json", "poisons.jsonl"):
         assert (tmp_path / "ws" / name).is_file()
     assert "FPR at 0.05" in (tmp_path / "ws" / "results.md").read_text()
+
+
+def test_victims_start_from_their_own_seed_not_the_configs(tmp_path):
+    from litlab.methods.winter_soldier import DEFAULT_CONFIG, _build
+    from tests.poisoning.tiny import tiny_bpe
+
+    bpe = tiny_bpe(tmp_path)
+    weights = []
+    for seed in (1, 2, 1):
+        model, _ = _build(DEFAULT_CONFIG, [f"--seed_everything={seed}", f"--data.init_args.tokenizer_path={bpe}"])
+        weights.append(model.model.embedding.weight.detach().clone())
+    assert torch.equal(weights[0], weights[2]) and not torch.equal(weights[0], weights[1])

@@ -21,12 +21,7 @@ from litlab.poisoning.crafting import (
 V = 23
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def tiny(dtype=torch.float64) -> FlatTransformer:

@@ -25,12 +25,7 @@ from litlab.poisoning.secret import Secret, SecretSet, draw_secrets
 BYTES = 256
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def exact_log_tail(n: int, p: float, k: int) -> float:
