@@ -23,6 +23,8 @@ demo: install
 bench: install
 	$(PY) benchmarks/moe_layer.py
 	$(PY) benchmarks/train_throughput.py
+	$(PY) benchmarks/eppo.py
+	$(PY) benchmarks/bboxer.py
 
 lint: install
 	$(VENV)/bin/ruff check litlab tests benchmarks configs

@@ -11,6 +11,10 @@
 - ``litlab evaluate_math --model ... --data ... --shots k --samples m``: exact match on math word problems
 - ``litlab poison_secrets --model ... --output secrets.json``, ``litlab poison_detect --model ... --secrets ...``,
   ``litlab winter_soldier``: Winter Soldier's secrets, its detection test, and its end-to-end CPU demonstration
+- ``litlab eppo --model ... --data ...``: EPPO, evolve the few-shot pre-prompt of a trained LM; ``litlab eppo_demo``:
+  EPPO vs random k-shot vs random search over 3 seeds
+- ``litlab bboxer --model ... --data ...``: BBoxER, black-box post-training told only comparisons, with its bounds and
+  a membership-inference audit; ``litlab bboxer_demo``: 3 seeds on the tiny reasoner
 - ``litlab compare_lms``: AU-Net 2/3 vs the BPE and flat-byte baselines at equal training FLOPs
 - ``litlab demo``: the end-to-end demonstration of ``make demo``
 
@@ -42,6 +46,10 @@ TOOLS = {
     "poison_secrets": "litlab.methods.winter_soldier:poison_secrets",
     "poison_detect": "litlab.methods.winter_soldier:poison_detect",
     "winter_soldier": "litlab.methods.winter_soldier:run_winter_soldier",
+    "eppo": "litlab.methods.eppo:eppo",
+    "eppo_demo": "litlab.methods.eppo_demo:eppo_demo",
+    "bboxer": "litlab.methods.bboxer:bboxer",
+    "bboxer_demo": "litlab.methods.bboxer_demo:bboxer_demo",
 }
 
 

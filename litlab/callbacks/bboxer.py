@@ -28,6 +28,7 @@ parameters, so named tensors cannot be scaled in place: :meth:`BBoxER.setup` ref
 from __future__ import annotations
 
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any, Literal
 
 from lightning.pytorch import LightningModule, Trainer
@@ -36,7 +37,7 @@ from litlab.callbacks.evolution_base import EvaluationData, EvolutionCallback
 from litlab.datamodules.math_corpus import parse_math_spec
 from litlab.errors import ConfigError, check_choice, check_int
 from litlab.evaluation.math_scoring import MathAccuracy, draw_demonstrations, problem_batches
-from litlab.evolution import Fitness, SearchSpace, shard
+from litlab.evolution import EvolutionResult, Fitness, SearchSpace, shard
 from litlab.evolution.modification import NORM_GRANULARITIES, check_places, modification_space
 from litlab.evolution.privacy import bounds_table, format_bounds
 from litlab.evolution.subspace import PROJECTIONS
@@ -255,19 +256,17 @@ class BBoxER(EvolutionCallback):
         return "accuracy"
 
     def report_extras(self) -> dict[str, Any]:
-        result = self.result
-        extras: dict[str, Any] = {"metric": "accuracy", "data": self.data, "train_split": self.train_split,
-                                  "heldout_split": self.heldout_split, "transfer": self.transfer,
-                                  "where": self.where, "shots": self.shots}
-        if result is None:
-            return extras
+        return {"metric": "accuracy", "data": self.data, "train_split": self.train_split,
+                "heldout_split": self.heldout_split, "transfer": self.transfer, "where": self.where,
+                "shots": self.shots}
+
+    def after_search(self, trainer: Trainer, pl_module: LightningModule, result: EvolutionResult,
+                     data: EvaluationData, out: Path | None) -> dict[str, Any]:
+        """The bound table and the transfer accuracy of the best candidate (every rank: a collective)."""
         self.bounds = bounds_table(result.bits, result.num_examples, result.history, result.feedback, result.delta,
                                    self.poisoning_k, self.secret_bits, result.mode)
-        extras["bounds"] = self.bounds
-        extras["bounds_markdown"] = format_bounds(self.bounds)
-        extras["transfer_before"] = self._transfer_before
-        extras["transfer_after"] = self._transfer_after()
-        return extras
+        return {"bounds": self.bounds, "bounds_markdown": format_bounds(self.bounds),
+                "transfer_before": self._transfer_before, "transfer_after": self._transfer_after()}
 
     def _transfer_after(self) -> float | None:
         """Transfer accuracy of the best candidate (applied if kept, applied for the measurement otherwise)."""

@@ -160,6 +160,8 @@ class EPPO(EvolutionCallback):
         """The chosen pre-prompt's text (put it before ``Question: ...\\nAnswer:``)."""
         self.comparison: dict[str, Any] | None = None
         """The baselines and held-out measurements of the last run (``report.json``'s ``"eppo"``)."""
+        self.random_search_result: EvolutionResult | None = None
+        """The random search at equal budget of the last run (its history: the baseline's fitness curve)."""
         self._fitness: Fitness | None = None
 
     # ------------------------------------------------------------------ the EvolutionCallback hooks
@@ -169,6 +171,7 @@ class EPPO(EvolutionCallback):
                               f"HFCausalLM); got {type(pl_module).__name__}")
         self.problems = load_prompt_problems(self.data, self.test_data, getattr(trainer, "datamodule", None),
                                              self.pool_size, self.num_fitness, self.num_heldout)
+        self.comparison = self.random_search_result = None
         return super().run(trainer, pl_module)
 
     def build_space(self, pl_module: LightningModule) -> DemonstrationSpace:
@@ -227,6 +230,7 @@ class EPPO(EvolutionCallback):
         if self.random_search:
             search = result if self.optimizer == "RandomSearch" else self._random_search(trainer, pl_module, data, out)
             choice = self.space.selected(search.best)
+        self.random_search_result = search
         random = random_prompts(len(self.problems.pool), self.shots, self.random_draws, self.baseline_seed)
         self.comparison = {
             "budget": result.num_evaluations, "optimizer": self.optimizer, "feedback": self.feedback,

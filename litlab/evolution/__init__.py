@@ -24,19 +24,23 @@ from litlab.evolution.bounds import (
     generalization_gap,
     value_bits,
 )
+from litlab.evolution.demonstration_space import DemonstrationSpace
 from litlab.evolution.distributed import shard
 from litlab.evolution.engine import EvolutionEngine
 from litlab.evolution.fitness import Fitness, FitnessValue
 from litlab.evolution.hyperparameters import HyperParameters
 from litlab.evolution.index_space import IndexSpace
+from litlab.evolution.modification import modification_space
 from litlab.evolution.optimizer import make_optimizer, optimizer_names
 from litlab.evolution.parameter_filter import ParameterFilter
 from litlab.evolution.parameter_space import ParameterSpace
+from litlab.evolution.privacy import bounds_table, dp_statement, extraction_bound, poisoning_certificate
 from litlab.evolution.report import EvolutionResult
 from litlab.evolution.search_space import SearchSpace, SpacePart
 from litlab.evolution.subspace import SubspaceSpace
 
 __all__ = [
+    "DemonstrationSpace",
     "EvolutionEngine",
     "EvolutionResult",
     "Fitness",
@@ -49,10 +53,15 @@ __all__ = [
     "SpacePart",
     "SubspaceSpace",
     "best_of_runs_bits",
+    "bounds_table",
     "comparison_bits",
+    "dp_statement",
+    "extraction_bound",
     "generalization_gap",
     "make_optimizer",
+    "modification_space",
     "optimizer_names",
+    "poisoning_certificate",
     "shard",
     "value_bits",
 ]

@@ -138,8 +138,8 @@ def format_eppo_report(report: dict[str, Any], paths: dict[str, str] | None = No
     if "random" in e:
         r = e["random"]
         held = f"{r['heldout_mean']:.3f} (sd {r['heldout_sd']:.3f})" if "heldout_mean" in r else "-"
-        lines.append(f"{'random k-shot (' + str(len(r['draws'])) + ' draws)':28}"
-                     f"{r['selection_mean']:>11.3f} (sd {r['selection_sd']:.3f})"[:18].rjust(18) + f"{held:>22}")
+        selection = f"{r['selection_mean']:.3f} (sd {r['selection_sd']:.3f})"
+        lines.append(f"{'random k-shot (' + str(len(r['draws'])) + ' draws)':28}{selection:>18}{held:>22}")
     if "random_search" in e:
         lines.append(row(f"random search ({e['random_search']['budget']} draws)", e["random_search"]))
     lines.append(row("EPPO", e["chosen"]))
