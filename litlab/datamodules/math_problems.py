@@ -14,9 +14,11 @@ from __future__ import annotations
 import json
 import os
 from collections.abc import Sequence
+from typing import Any
 
 import lightning.pytorch as L
 import numpy as np
+import torch
 from torch.utils.data import DataLoader, Dataset
 
 from litlab.datamodules.loaders import EpochSeededDataLoader
@@ -222,3 +224,10 @@ class MathProblemsDataModule(L.LightningDataModule):
     def test_dataloader(self) -> DataLoader:
         """Test problems, in order."""
         return DataLoader(self._dataset("test"), batch_size=self.batch_size, collate_fn=collate_problems)
+
+    def transfer_batch_to_device(self, batch: Any, device: torch.device, dataloader_idx: int) -> Any:
+        """A batch of ``MathProblem`` records holds text, nothing to move: returned as it is (Lightning's default
+        would try to rebuild each frozen record and fail)."""
+        if isinstance(batch, list) and all(isinstance(item, MathProblem) for item in batch):
+            return batch
+        return super().transfer_batch_to_device(batch, device, dataloader_idx)

@@ -39,9 +39,6 @@ class OracleLM(LightningModule):
     def configure_optimizers(self):
         return torch.optim.SGD(self.parameters(), lr=0.0)
 
-    def transfer_batch_to_device(self, batch, device, dataloader_idx):
-        return batch  # lists of frozen MathProblem records: nothing to move
-
     def generate_batch(self, prompts: Sequence[bytes], max_new_bytes: int = 256, temperature: float = 0.0,
                        seed: int = 0, num_return_sequences: int = 1, stop: Sequence[bytes] = (),
                        prefix: bytes | None = None, reuse_prefix: bool = True, batch_size: int | None = None,

@@ -150,3 +150,28 @@ def test_datamodule_argument_errors(kwargs, error, message):
 def test_loaders_before_setup_raise():
     with pytest.raises(RuntimeError, match="setup"):
         MathProblemsDataModule(num_train=2, num_selection=1, num_test=1).train_dataloader()
+
+
+def test_a_module_fits_on_math_problem_batches():
+    """Batches are lists of frozen MathProblem records; moving them to the device must not try to rebuild them."""
+    import lightning.pytorch as L
+    import torch
+
+    seen = []
+
+    class Counter(L.LightningModule):
+        def __init__(self):
+            super().__init__()
+            self.w = torch.nn.Parameter(torch.zeros(1))
+
+        def training_step(self, batch, batch_idx):
+            seen.append(batch)
+            return (self.w * len(batch)).sum() ** 2
+
+        def configure_optimizers(self):
+            return torch.optim.SGD(self.parameters(), lr=0.1)
+
+    dm = MathProblemsDataModule(num_train=12, num_selection=4, num_test=4, batch_size=4)
+    L.Trainer(max_steps=2, logger=False, enable_checkpointing=False, enable_progress_bar=False,
+              enable_model_summary=False, limit_val_batches=0).fit(Counter(), dm)
+    assert len(seen) == 2 and all(isinstance(p, MathProblem) for batch in seen for p in batch)
