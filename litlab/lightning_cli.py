@@ -7,6 +7,7 @@ fit from a config in the same way as the command line does.
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from typing import Any
 
 from lightning.pytorch import LightningDataModule, LightningModule, Trainer
@@ -90,3 +91,10 @@ class LitlabCLI(LightningCLI):
     def add_arguments_to_parser(self, parser: LightningArgumentParser) -> None:
         for name in LINKED_DATA_ARGS:
             parser.link_arguments(f"data.{name}", f"model.init_args.{name}", apply_on="instantiate")
+
+
+def build_from_config(config: str, overrides: Sequence[str] = ()) -> tuple[LightningModule, LightningDataModule | None]:
+    """The model and datamodule of a ``litlab fit`` config (with command-line ``overrides``), built exactly as the
+    command line builds them (seeding, argument links), without a logger and without running anything."""
+    cli = LitlabCLI(args=["--config", config, "--trainer.logger=false", *overrides], run=False)
+    return cli.model, cli.datamodule

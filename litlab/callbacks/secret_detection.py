@@ -19,7 +19,7 @@ from lightning.pytorch import Callback, LightningModule, Trainer
 from lightning.pytorch.utilities import rank_zero_info
 
 from litlab.errors import ConfigError, check_int
-from litlab.poisoning.detection import check_ells, detect_secrets, top_ids_from_logits
+from litlab.poisoning.detection import check_ells, detect_secrets, model_top_ids
 from litlab.poisoning.secret import SecretSet, load_secrets
 
 
@@ -55,7 +55,7 @@ class SecretDetection(Callback):
         was_training = pl_module.training
         pl_module.eval()
         try:
-            result = detect_secrets(top_ids_from_logits(lambda ids: pl_module.next_token_logits(ids.to(pl_module.device))),
+            result = detect_secrets(model_top_ids(pl_module),
                                     self.secret_set, self.ells, pl_module.bos_id, self.batch_size)
         finally:
             pl_module.train(was_training)

@@ -25,13 +25,10 @@ DEFAULT_CONFIGS = [str(_REPO_CONFIGS / f"{n}_tiny.yaml") for n in ("aunet2", "au
 
 
 def _build(config: str, tokenizer_path: str) -> tuple[Any, Any]:
-    from litlab.lightning_cli import LitlabCLI
+    from litlab.lightning_cli import build_from_config
 
-    args = ["--config", config, "--trainer.logger=false"]
-    if "tokenizer: bpe" in Path(config).read_text():
-        args.append(f"--data.init_args.tokenizer_path={tokenizer_path}")
-    cli = LitlabCLI(args=args, run=False)
-    return cli.model, cli.datamodule
+    bpe = "tokenizer: bpe" in Path(config).read_text()
+    return build_from_config(config, [f"--data.init_args.tokenizer_path={tokenizer_path}"] if bpe else [])
 
 
 def compare_language_models(

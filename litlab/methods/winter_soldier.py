@@ -40,7 +40,7 @@ from litlab.poisoning.baselines import (
     pairwise_documents,
     sequence_logprobs,
 )
-from litlab.poisoning.detection import DetectionResult, detect_secrets, top_ids_from_logits
+from litlab.poisoning.detection import DetectionResult, detect_secrets, model_logits, model_top_ids
 from litlab.poisoning.injection import read_poisons, write_poisons
 from litlab.poisoning.secret import Secret, SecretSet, draw_secrets, load_secrets, save_secrets
 from litlab.text.tokenizers import BPETokenizer, HFTokenizer, TextTokenizer
@@ -100,11 +100,6 @@ def poison_secrets(
     return path
 
 
-def lm_top_ids(lm: LanguageModel):
-    """The :data:`~litlab.poisoning.detection.TopIds` of a language model (top-k next ids at every position)."""
-    return top_ids_from_logits(lambda ids: lm.next_token_logits(ids.to(lm.device)))
-
-
 def detect_in_model(lm: LanguageModel, secret_set: SecretSet, ells: Sequence[int] = DEFAULT_ELLS,
                     batch_size: int = 32) -> DetectionResult:
     """The Winter Soldier test of ``secret_set`` on ``lm`` (eval mode, no gradients)."""
@@ -112,7 +107,7 @@ def detect_in_model(lm: LanguageModel, secret_set: SecretSet, ells: Sequence[int
         raise ConfigError(f"the secrets were drawn for {secret_set.vocab_size} ids; the model's tokenizer has "
                           f"{lm.tokenizer.vocab_size}")
     lm.eval()
-    return detect_secrets(lm_top_ids(lm), secret_set, ells, lm.bos_id, batch_size)
+    return detect_secrets(model_top_ids(lm), secret_set, ells, lm.bos_id, batch_size)
 
 
 def poison_detect(
@@ -181,7 +176,7 @@ def perplexity_filter(lm: LanguageModel, poisons: Sequence[bytes], clean: Sequen
 
     def ppl(texts: Sequence[bytes]) -> np.ndarray:
         ids = [lm.encode(t) for t in texts]
-        lps = sequence_logprobs(lambda x: lm.next_token_logits(x.to(lm.device)), [i for i in ids if i], lm.bos_id)
+        lps = sequence_logprobs(model_logits(lm), [i for i in ids if i], lm.bos_id)
         return np.array([math.exp(-float(np.mean(lp))) for lp in lps])
 
     p_poison, p_clean = ppl(poisons), ppl(clean)
@@ -205,13 +200,6 @@ def clean_windows(documents: Sequence[bytes], tokenizer: TextTokenizer, length: 
 
 
 # ------------------------------------------------------------------------------------------ the demo
-def _build(config: str, overrides: Sequence[str]) -> tuple[Any, Any]:
-    from litlab.lightning_cli import LitlabCLI
-
-    cli = LitlabCLI(args=["--config", config, "--trainer.logger=false", *overrides], run=False)
-    return cli.model, cli.datamodule
-
-
 def _pretrain(config: str, out: Path, name: str, seed: int, steps: int, tokenizer_path: str,
               poisons: str | None = None, rate: float = 0.0, secrets: str | None = None) -> dict[str, Any]:
     """Pre-train one LM of ``config`` from scratch (seed ``seed``) on the clean or poisoned corpus."""
@@ -220,7 +208,9 @@ def _pretrain(config: str, out: Path, name: str, seed: int, steps: int, tokenize
     if poisons is not None and rate > 0:
         overrides += [f"--data.init_args.poisons={poisons}", f"--data.init_args.poison_rate={rate}",
                       f"--data.init_args.poison_seed={seed}"]
-    model, data = _build(config, overrides)
+    from litlab.lightning_cli import build_from_config
+
+    model, data = build_from_config(config, overrides)
     model.hparams.warmup_steps = min(model.hparams.warmup_steps, steps // 10)
     callbacks = [] if secrets is None else [SecretDetection(secrets, every_n_steps=max(1, steps // 8))]
     trainer = L.Trainer(accelerator="cpu", devices=1, max_steps=steps, limit_val_batches=20, gradient_clip_val=1.0,
@@ -347,15 +337,15 @@ def run_winter_soldier(
                            ws_random_prompt_log10_p=prompt_specificity(lm, secret_set, tokenizer))
                 curves[(rate, victim_seed)] = run["curve"]
             if kind in ("clean", "baselines"):
-                logits = lambda x, lm=lm: lm.next_token_logits(x.to(lm.device))  # noqa: E731
+                logits = model_logits(lm)
                 row.update(
                     canary_zscore_log10_p=canary_zscore_test(logits, inserted, references, lm.bos_id).log10_p,
                     min_k_log10_p=min_k_prob_test(logits, inserted, references, lm.bos_id).log10_p,
-                    pairwise_log10_p=pairwise_backdoor_test(lm_top_ids(lm), pairs, tokenizer.vocab_size, lm.bos_id,
+                    pairwise_log10_p=pairwise_backdoor_test(model_top_ids(lm), pairs, tokenizer.vocab_size, lm.bos_id,
                                                             excluded_ids=excluded).log10_p,
                     # one context per pair: independent trials, so this binomial p-value is exact
                     pairwise_one_context_log10_p=pairwise_backdoor_test(
-                        lm_top_ids(lm), pairs, tokenizer.vocab_size, lm.bos_id, contexts_per_pair=1,
+                        model_top_ids(lm), pairs, tokenizer.vocab_size, lm.bos_id, contexts_per_pair=1,
                         excluded_ids=excluded).log10_p)
             rows.append(row)
             print(json.dumps(row))

@@ -41,6 +41,8 @@ __all__ = [
     "check_ells",
     "detect_secrets",
     "log_binomial_tail",
+    "model_logits",
+    "model_top_ids",
     "response_hits",
     "top_ids_from_logits",
 ]
@@ -72,6 +74,17 @@ def top_ids_from_logits(logits_fn: Callable[[torch.Tensor], torch.Tensor]) -> To
             return logits.topk(k, dim=-1).indices.to("cpu", torch.long)
 
     return top_ids
+
+
+def model_logits(model: Any) -> Callable[[torch.Tensor], torch.Tensor]:
+    """``ids -> logits`` of a model with ``next_token_logits(ids)`` and ``device`` (a litlab ``LanguageModel``),
+    moving the ids to the model's device."""
+    return lambda ids: model.next_token_logits(ids.to(model.device))
+
+
+def model_top_ids(model: Any) -> TopIds:
+    """The :data:`TopIds` of a model with ``next_token_logits(ids)`` and ``device`` (a litlab ``LanguageModel``)."""
+    return top_ids_from_logits(model_logits(model))
 
 
 def log_binomial_tail(n: int, p: float, k: int) -> float:

@@ -69,12 +69,13 @@ def test_the_demo_runs_end_to_end_and_reports_everything(tmp_path):
 
 
 def test_victims_start_from_their_own_seed_not_the_configs(tmp_path):
-    from litlab.methods.winter_soldier import DEFAULT_CONFIG, _build
+    from litlab.lightning_cli import build_from_config
+    from litlab.methods.winter_soldier import DEFAULT_CONFIG
     from tests.poisoning.tiny import tiny_bpe
 
     bpe = tiny_bpe(tmp_path)
     weights = []
     for seed in (1, 2, 1):
-        model, _ = _build(DEFAULT_CONFIG, [f"--seed_everything={seed}", f"--data.init_args.tokenizer_path={bpe}"])
+        model, _ = build_from_config(DEFAULT_CONFIG, [f"--seed_everything={seed}", f"--data.init_args.tokenizer_path={bpe}"])
         weights.append(model.model.embedding.weight.detach().clone())
     assert torch.equal(weights[0], weights[2]) and not torch.equal(weights[0], weights[1])
